@@ -1,0 +1,292 @@
+"""The ``hasten`` command line.
+
+Every command has ``--help``; commands that report numbers take ``--json PATH``. Errors in what
+the user gave (unknown class, missing path, corrupted weights, invalid config value) print one
+line naming what was wrong and what was expected, and exit with status 2; ``--debug`` shows the
+traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+from hasten import __version__
+from hasten.errors import HastenError
+
+logger = logging.getLogger("hasten")
+
+DEFAULT_GENERATOR = "embedded:shapes"
+
+
+# ----------------------------------------------------------------------------- helpers
+def _write_json(path: str, data) -> None:
+    from hasten.checkpoint import write_json_atomic
+
+    if path == "-":
+        print(json.dumps(data, indent=2))
+    else:
+        write_json_atomic(path, data)
+        print(f"wrote {path}")
+
+
+def _write_text_atomic(path: str, text: str) -> None:
+    import tempfile
+
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _load_config(cls, path: str | None, overrides: list[str] | None, section: str):
+    from hasten.config import apply_overrides, from_dict, load_document
+
+    data = load_document(path) if path else {}
+    data = apply_overrides(data, overrides)
+    return from_dict(cls, data, source=path or section)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+# ----------------------------------------------------------------------------- generator
+def cmd_generator_train(args) -> int:
+    from hasten.generators.train_generator import GeneratorTrainConfig, train_generator
+
+    config = _load_config(GeneratorTrainConfig, args.config, args.set, "generator config")
+    out = train_generator(config, args.out, resume=args.resume, progress=not args.quiet)
+    print(f"generator saved to {out}")
+    return 0
+
+
+def cmd_generator_train_classifier(args) -> int:
+    from hasten.generators.classifier import ClassifierTrainConfig, train_classifier
+
+    config = _load_config(ClassifierTrainConfig, args.config, args.set, "classifier config")
+    result = train_classifier(config, args.out, progress=not args.quiet)
+    print(f"classifier saved to {result['path']}: accuracy {result['accuracy']:.4f} on fresh real "
+          f"images, {result['train_seconds']:.0f} s")
+    return 0
+
+
+def cmd_generator_eval(args) -> int:
+    import torch
+
+    from hasten.generators import load_generator
+    from hasten.generators.classifier import ShapesClassifier
+    from hasten.generators.evaluate import evaluate_generator, markdown_table
+    from hasten.generators.registry import classifier_path
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    generator = load_generator(args.generator)
+    classifier = ShapesClassifier.from_pretrained(args.classifier or classifier_path(generator.path))
+    result = evaluate_generator(generator, classifier, n=args.n, num_steps=args.steps,
+                                guidance=args.guidance, reduced_steps=args.reduced_steps,
+                                seed=args.seed, batch_size=args.batch_size, progress=not args.quiet)
+    result["command"] = "hasten " + " ".join(sys.argv[1:]) if sys.argv else ""
+    table = markdown_table(result)
+    print(table)
+    if args.json:
+        _write_json(args.json, result)
+    if args.markdown:
+        _write_text_atomic(args.markdown, table)
+        print(f"wrote {args.markdown}")
+    return 0
+
+
+def cmd_generator_info(args) -> int:
+    from hasten.generators import load_generator
+
+    generator = load_generator(args.name)
+    info = {
+        "name": args.name,
+        "path": os.path.abspath(generator.path),
+        "family": generator.family,
+        "parameters": generator.num_parameters(),
+        "transformer_parameters": sum(p.numel() for p in generator.transformer.parameters()),
+        "transformer_config": dict(generator.transformer.config),
+        "classes": generator.class_names,
+        "default_steps": generator.default_steps,
+        "default_guidance": generator.default_guidance,
+        "meta": generator.meta,
+    }
+    if args.json:
+        _write_json(args.json, info)
+    else:
+        cfg = generator.transformer.config
+        print(f"{args.name}: {info['path']}")
+        print(f"  {generator.family} transformer, {info['parameters'] / 1e6:.2f} M parameters, "
+              f"{cfg.num_layers} double + {cfg.num_single_layers} single blocks, "
+              f"{cfg.num_attention_heads} x {cfg.attention_head_dim} heads")
+        print(f"  {len(generator.class_names)} classes: {', '.join(generator.class_names)}")
+        print(f"  defaults: {generator.default_steps} steps, guidance {generator.default_guidance}")
+        if "train_seconds" in generator.meta:
+            print(f"  trained by `{generator.meta.get('recipe')}` in {generator.meta['train_seconds']:.0f} s")
+    return 0
+
+
+# ----------------------------------------------------------------------------- sample
+def cmd_sample(args) -> int:
+    import torch
+
+    from hasten.generators import load_generator
+    from hasten.images import save_grid
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    generator = load_generator(args.generator)
+    if args.classes.strip().lower() == "all":
+        classes = list(range(generator.num_classes))
+    else:
+        classes = [generator.class_index(c) for c in args.classes.split(",") if c.strip()]
+        if not classes:
+            raise HastenError("--classes: expected class names or indices separated by commas, or 'all'")
+    conditions = [c for c in classes for _ in range(args.n)]
+    seeds = [args.seed + j for _ in classes for j in range(args.n)]
+    images, stats = generator.sample(conditions, seeds, num_steps=args.steps, guidance=args.guidance,
+                                     batch_size=args.batch_size, progress=not args.quiet)
+    labels = [generator.class_names[c] for c in classes]
+    save_grid(images, rows=len(classes), path=args.out, row_labels=labels, scale=args.scale)
+    print(f"wrote {args.out}: {len(classes)} classes x {args.n} samples, "
+          f"{stats['seconds'] / len(seeds):.3f} s / sample")
+    return 0
+
+
+# ----------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hasten",
+        description="Learn acceleration policies for frozen generative models.",
+        epilog="Run `hasten COMMAND --help` for the options of each command.")
+    parser.add_argument("--version", action="version", version=f"hasten {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress messages")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    # generator
+    gen = sub.add_parser("generator", help="train, evaluate and inspect the embedded generators",
+                         description="Train, evaluate and inspect the embedded generators.")
+    gen_sub = gen.add_subparsers(dest="generator_command", metavar="SUBCOMMAND")
+
+    train = gen_sub.add_parser(
+        "train", help="train the class-conditional FLUX generator on procedural shapes",
+        description="Train the class-conditional rectified-flow FLUX transformer (the recipe of "
+                    "embedded:shapes). Writes TensorBoard events, a checkpoint every "
+                    "checkpoint_every steps and, at the end, OUT/model: a generator folder that "
+                    "`hasten.load_generator(OUT/model)` reads.")
+    train.add_argument("--config", help="YAML/JSON file with GeneratorTrainConfig fields")
+    train.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="override one config field (repeatable), e.g. --set steps=100")
+    train.add_argument("--out", default="runs/shapes-generator", help="run folder (default: %(default)s)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(func=cmd_generator_train)
+
+    cls = gen_sub.add_parser(
+        "train-classifier", help="train the evaluation classifier of the shapes classes",
+        description="Train the evaluation classifier (used only to evaluate, never as a reward).")
+    cls.add_argument("--config", help="YAML/JSON file with ClassifierTrainConfig fields")
+    cls.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one config field")
+    cls.add_argument("--out", default="runs/shapes-classifier", help="output folder (default: %(default)s)")
+    cls.add_argument("--quiet", action="store_true", help="no progress bar")
+    cls.set_defaults(func=cmd_generator_train_classifier)
+
+    ev = gen_sub.add_parser(
+        "eval", help="class accuracy, Frechet distance and step-reduction PSNR of a generator",
+        description="Sample N (class, seed) pairs and measure them with the evaluation classifier: "
+                    "class accuracy, Frechet distance to real images, the classifier's own "
+                    "accuracy on real images, time per sample, and with --reduced-steps the PSNR "
+                    "and accuracy of fewer-step samples against the default-step ones.")
+    ev.add_argument("--generator", default=DEFAULT_GENERATOR, help="embedded:NAME or a generator folder")
+    ev.add_argument("--classifier", help="evaluation classifier folder (default: the generator's own)")
+    ev.add_argument("--n", type=_positive_int, default=512, help="number of samples (default: %(default)s)")
+    ev.add_argument("--steps", type=_positive_int, help="sampling steps (default: the generator's)")
+    ev.add_argument("--guidance", type=float, help="guidance scale (default: the generator's)")
+    ev.add_argument("--reduced-steps", type=_int_list, default=(),
+                    help="comma-separated step counts to compare with the default, e.g. 14,7,4")
+    ev.add_argument("--seed", type=int, default=0, help="first noise seed (default: %(default)s)")
+    ev.add_argument("--batch-size", type=_positive_int, default=64, help="rows per model call")
+    ev.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    ev.add_argument("--json", metavar="PATH", help="write the results as JSON ('-' for stdout)")
+    ev.add_argument("--markdown", metavar="PATH", help="write the results as a markdown table")
+    ev.add_argument("--quiet", action="store_true", help="no progress bar")
+    ev.set_defaults(func=cmd_generator_eval)
+
+    info = gen_sub.add_parser("info", help="path, parameter count and config of a generator",
+                              description="Print a generator's folder, parameter count and config.")
+    info.add_argument("name", nargs="?", default=DEFAULT_GENERATOR, help="embedded:NAME or a folder")
+    info.add_argument("--json", nargs="?", const="-", metavar="PATH",
+                      help="print JSON (to PATH if given, else stdout)")
+    info.set_defaults(func=cmd_generator_info)
+
+    # sample
+    sample = sub.add_parser(
+        "sample", help="write a PNG grid of samples from a generator",
+        description="Sample a grid from a generator: one row per class, --n samples per row "
+                    "(seeds --seed, --seed+1, ...).")
+    sample.add_argument("--generator", default=DEFAULT_GENERATOR, help="embedded:NAME or a generator folder")
+    sample.add_argument("--classes", default="all",
+                        help="comma-separated class names or indices, or 'all' (default: %(default)s)")
+    sample.add_argument("--n", type=_positive_int, default=8, help="samples per class (default: %(default)s)")
+    sample.add_argument("--steps", type=_positive_int, help="sampling steps (default: the generator's)")
+    sample.add_argument("--guidance", type=float, help="guidance scale (default: the generator's)")
+    sample.add_argument("--seed", type=int, default=0, help="first noise seed (default: %(default)s)")
+    sample.add_argument("--batch-size", type=_positive_int, default=64, help="rows per model call")
+    sample.add_argument("--scale", type=_positive_int, default=3, help="pixel upscaling of the grid")
+    sample.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    sample.add_argument("--out", default="samples.png", help="output PNG (default: %(default)s)")
+    sample.add_argument("--quiet", action="store_true", help="no progress bar")
+    sample.set_defaults(func=cmd_sample)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    func = getattr(args, "func", None)
+    if func is None:
+        # `hasten` or `hasten generator` alone: show the relevant help.
+        if args.command == "generator":
+            parser.parse_args(["generator", "--help"])
+        parser.print_help()
+        return 2
+    try:
+        return func(args)
+    except HastenError as e:
+        if args.debug:
+            raise
+        print(f"hasten: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("hasten: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""Where generators come from: the embedded ones shipped in the package, or a generator folder.
+
+A generator folder (what ``hasten generator train`` exports) holds::
+
+    hasten_generator.json   family, class names, default steps and guidance, the recipe
+    transformer/            diffusers save_pretrained (safetensors)
+    class_encoder/          model.safetensors + config.json
+    scheduler/              FlowMatchEulerDiscreteScheduler config
+    classifier/             (embedded only) the evaluation classifier
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from hasten.errors import HastenError
+
+logger = logging.getLogger(__name__)
+
+EMBEDDED_ROOT = os.path.join(os.path.dirname(__file__), "embedded")
+EMBEDDED = {"shapes": os.path.join(EMBEDDED_ROOT, "shapes")}
+META = "hasten_generator.json"
+
+
+def resolve_generator_path(name_or_path: str) -> str:
+    """``embedded:NAME`` or a folder -> the generator folder, with errors that say what is expected."""
+    if name_or_path.startswith("embedded:"):
+        name = name_or_path.split(":", 1)[1]
+        if name not in EMBEDDED:
+            raise HastenError(f"unknown embedded generator {name_or_path!r}: expected one of "
+                              f"{', '.join('embedded:' + k for k in EMBEDDED)}")
+        path = EMBEDDED[name]
+        if not os.path.isfile(os.path.join(path, META)):
+            raise HastenError(f"{path}: the embedded generator's files are missing from this "
+                              "installation; reinstall hasten or rebuild it with `hasten generator train`")
+        return path
+    if not os.path.isdir(name_or_path):
+        raise HastenError(f"{name_or_path}: generator not found; expected embedded:shapes or a folder "
+                          f"written by `hasten generator train` (holding {META})")
+    if not os.path.isfile(os.path.join(name_or_path, META)):
+        raise HastenError(f"{name_or_path}: not a generator folder ({META} missing); expected a folder "
+                          "written by `hasten generator train`")
+    return name_or_path
+
+
+def _check_safetensors(path: str) -> None:
+    """Open a safetensors file's header so a corrupted file fails with its name, not deep inside."""
+    from safetensors import SafetensorError, safe_open
+
+    if not os.path.isfile(path):
+        raise HastenError(f"{path}: weights file not found")
+    try:
+        with safe_open(path, framework="pt") as f:
+            for key in f.keys():
+                f.get_slice(key)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise HastenError(f"{path}: not a readable safetensors file ({e})") from e
+
+
+def load_generator(name_or_path: str = "embedded:shapes"):
+    """Load a frozen generator adapter.
+
+    Args:
+        name_or_path: ``"embedded:shapes"`` or a generator folder.
+
+    Returns:
+        A :class:`~hasten.generators.adapter.FluxClassGenerator`.
+
+    Example:
+        >>> gen = load_generator("embedded:shapes")  # doctest: +SKIP
+        >>> images, stats = gen.sample(["red circle"], seeds=[0])  # doctest: +SKIP
+    """
+    from diffusers import FluxTransformer2DModel
+
+    from hasten.generators.adapter import FluxClassGenerator
+    from hasten.generators.flux_pixel import ClassEncoder, load_json
+
+    path = resolve_generator_path(name_or_path)
+    meta = load_json(os.path.join(path, META))
+    for key in ("family", "class_names", "image_size", "num_steps", "guidance_scale"):
+        if key not in meta:
+            raise HastenError(f"{os.path.join(path, META)}: missing field {key!r}")
+    if meta["family"] != "flux":
+        raise HastenError(f"{os.path.join(path, META)}: family {meta['family']!r} is not supported by "
+                          "this adapter; expected 'flux'")
+    transformer_dir = os.path.join(path, "transformer")
+    _check_safetensors(os.path.join(transformer_dir, "diffusion_pytorch_model.safetensors"))
+    try:
+        transformer = FluxTransformer2DModel.from_pretrained(transformer_dir)
+    except (OSError, ValueError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise HastenError(f"{transformer_dir}: cannot load the FLUX transformer ({first})") from e
+    encoder = ClassEncoder.from_pretrained(os.path.join(path, "class_encoder"))
+    scheduler_config = load_json(os.path.join(path, "scheduler", "scheduler_config.json"))
+    if encoder.config.num_classes != len(meta["class_names"]):
+        raise HastenError(f"{path}: class_encoder has {encoder.config.num_classes} classes but "
+                          f"{META} names {len(meta['class_names'])}")
+    logger.info("loaded generator %s", path)
+    return FluxClassGenerator(transformer, encoder, scheduler_config, meta, path=path)
+
+
+def classifier_path(generator_path: str) -> str:
+    """The evaluation classifier shipped beside a generator."""
+    path = os.path.join(generator_path, "classifier")
+    if not os.path.isfile(os.path.join(path, "model.safetensors")):
+        raise HastenError(f"{path}: no evaluation classifier here; train one with "
+                          "`hasten generator train-classifier --out PATH` and pass --classifier PATH")
+    return path

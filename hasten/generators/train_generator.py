@@ -1,0 +1,293 @@
+"""Recipe of ``embedded:shapes``: a class-conditional rectified-flow FLUX transformer, pixel space.
+
+``hasten generator train`` runs :func:`train_generator`. The model is a real
+``diffusers.FluxTransformer2DModel`` (2x2 packed 32x32 RGB -> 256 image tokens), conditioned on
+a class through :class:`~hasten.generators.flux_pixel.ClassEncoder` ("text" tokens + pooled
+vector). Training is rectified flow (Liu et al. 2022; the FLUX / SD3 objective): for data ``x0``
+and noise ``e``, ``x_s = (1 - s) x0 + s e`` and the model regresses the velocity ``e - x0``, with
+``s`` drawn logit-normal (Esser et al. 2024, SD3). Labels are dropped to the null class with
+probability ``label_dropout`` so the sampler can use classifier-free guidance.
+
+The run folder holds TensorBoard events, ``checkpoint/`` (safetensors + JSON, every
+``checkpoint_every`` steps, ``--resume`` continues exactly) and, at the end, ``model/``: the
+generator folder that :func:`hasten.load_generator` reads.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+from hasten.checkpoint import load_checkpoint, optimizer_from_flat, optimizer_to_flat, save_checkpoint
+from hasten.errors import HastenError
+from hasten.generators import shapes_data
+from hasten.generators.flux_pixel import ClassEncoder, ClassEncoderConfig, image_ids, pack, text_ids
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class GeneratorTrainConfig:
+    """Every knob of the generator recipe; the shipped model's values are in its folder."""
+
+    seed: int = 0  # seeds the weights, the data stream, the timesteps and the label dropout
+    steps: int = 3000  # optimiser steps
+    batch_size: int = 32  # images per step
+    lr: float = 5e-4  # peak AdamW learning rate
+    warmup_steps: int = 100  # linear warm-up, then cosine decay to lr_min_ratio * lr
+    lr_min_ratio: float = 0.1  # floor of the cosine decay, as a fraction of lr
+    weight_decay: float = 0.0  # AdamW weight decay
+    grad_clip: float = 1.0  # max gradient norm
+    ema_decay: float = 0.999  # EMA of the weights; the EMA is what ships
+    label_dropout: float = 0.1  # probability of the null class (classifier-free guidance)
+    num_layers: int = 2  # FLUX double-stream blocks
+    num_single_layers: int = 6  # FLUX single-stream blocks
+    num_attention_heads: int = 4  # heads; inner dim = heads * head_dim
+    attention_head_dim: int = 32  # per-head dim; rope axes (8, 12, 12) must sum to it
+    num_text_tokens: int = 4  # class "text" tokens
+    cond_dim: int = 64  # joint_attention_dim and pooled_projection_dim
+    num_steps: int = 28  # default sampling steps recorded with the model (FLUX.1-dev)
+    guidance_scale: float = 3.5  # default classifier-free guidance recorded with the model
+    shift: float = 1.0  # flow-matching schedule shift recorded with the model
+    checkpoint_every: int = 200  # steps between checkpoints
+    log_every: int = 10  # steps between TensorBoard scalars
+    threads: int = 0  # torch threads (0 = torch's default)
+
+    def __post_init__(self):
+        positive = ("steps", "batch_size", "num_layers", "num_single_layers", "num_attention_heads",
+                    "attention_head_dim", "num_text_tokens", "cond_dim", "num_steps",
+                    "checkpoint_every", "log_every")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)}: must be >= 1")
+        if self.num_layers + self.num_single_layers < 2:
+            raise ValueError("num_layers + num_single_layers must be >= 2 so that caching has room")
+        if self.attention_head_dim % 16:
+            raise ValueError(f"attention_head_dim={self.attention_head_dim}: must be a multiple of 16 "
+                             "(it is split over three rotary axes)")
+        if not 0.0 <= self.label_dropout < 1.0:
+            raise ValueError(f"label_dropout={self.label_dropout}: must be in [0, 1)")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay={self.ema_decay}: must be in [0, 1)")
+        if self.lr <= 0:
+            raise ValueError(f"lr={self.lr}: must be > 0")
+        if self.warmup_steps < 0 or self.threads < 0:
+            raise ValueError("warmup_steps and threads must be >= 0")
+        if self.shift <= 0:
+            raise ValueError(f"shift={self.shift}: must be > 0")
+
+    def rope_axes(self) -> tuple[int, int, int]:
+        # FLUX splits each head over (index, row, col) rotary axes as 16/56/56 of 128.
+        quarter = self.attention_head_dim // 4
+        return (quarter, 3 * quarter // 2, 3 * quarter // 2)
+
+
+def build_models(config: GeneratorTrainConfig):
+    """A fresh (transformer, class encoder) for ``config``, seeded by ``config.seed``."""
+    from diffusers import FluxTransformer2DModel
+
+    torch.manual_seed(config.seed)
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=3 * 4,
+        num_layers=config.num_layers,
+        num_single_layers=config.num_single_layers,
+        attention_head_dim=config.attention_head_dim,
+        num_attention_heads=config.num_attention_heads,
+        joint_attention_dim=config.cond_dim,
+        pooled_projection_dim=config.cond_dim,
+        guidance_embeds=False,
+        axes_dims_rope=config.rope_axes(),
+    )
+    encoder = ClassEncoder(ClassEncoderConfig(
+        num_classes=shapes_data.NUM_CLASSES, num_tokens=config.num_text_tokens,
+        token_dim=config.cond_dim, pooled_dim=config.cond_dim))
+    return transformer, encoder
+
+
+def flow_loss(transformer, encoder, images, labels, sigmas, noise) -> torch.Tensor:
+    """Rectified-flow velocity regression loss (mean squared error on ``noise - images``)."""
+    b, _, h, w = images.shape
+    x_t = (1 - sigmas[:, None, None, None]) * images + sigmas[:, None, None, None] * noise
+    tokens, pooled = encoder(labels)
+    pred = transformer(
+        hidden_states=pack(x_t), encoder_hidden_states=tokens, pooled_projections=pooled,
+        timestep=sigmas, img_ids=image_ids(h, w), txt_ids=text_ids(tokens.shape[1]),
+        return_dict=False)[0]
+    return torch.nn.functional.mse_loss(pred, pack(noise - images))
+
+
+def _lr_at(config: GeneratorTrainConfig, step: int) -> float:
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return config.lr * (config.lr_min_ratio + (1 - config.lr_min_ratio) * cosine)
+
+
+def _state_tensors(transformer, encoder, ema_t, ema_e, optimizer, gen: torch.Generator):
+    tensors = {f"model.transformer.{k}": v for k, v in transformer.state_dict().items()}
+    tensors.update({f"model.encoder.{k}": v for k, v in encoder.state_dict().items()})
+    tensors.update({f"ema.transformer.{k}": v for k, v in ema_t.state_dict().items()})
+    tensors.update({f"ema.encoder.{k}": v for k, v in ema_e.state_dict().items()})
+    optim_tensors, optim_meta = optimizer_to_flat(optimizer)
+    tensors.update(optim_tensors)
+    tensors["rng.torch_generator"] = gen.get_state()
+    return tensors, optim_meta
+
+
+def _load_prefixed(module, tensors, prefix):
+    module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+
+
+def train_generator(config: GeneratorTrainConfig, run_dir: str, resume: bool = False,
+                    progress: bool = True) -> str:
+    """Train (or resume) the generator recipe in ``run_dir``; returns the exported model folder.
+
+    Example:
+        >>> cfg = GeneratorTrainConfig(steps=2, batch_size=2, num_layers=1, num_single_layers=1)
+        >>> train_generator(cfg, "/tmp/gen-run", progress=False)  # doctest: +SKIP
+        '/tmp/gen-run/model'
+    """
+    from torch.utils.tensorboard import SummaryWriter
+    from tqdm.auto import tqdm
+
+    from hasten.checkpoint import write_json_atomic
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    ckpt_dir = os.path.join(run_dir, "checkpoint")
+    transformer, encoder = build_models(config)
+    ema_t, ema_e = copy.deepcopy(transformer), copy.deepcopy(encoder)
+    for p in list(ema_t.parameters()) + list(ema_e.parameters()):
+        p.requires_grad_(False)
+    params = list(transformer.parameters()) + list(encoder.parameters())
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay,
+                                  betas=(0.9, 0.99))
+    gen = torch.Generator().manual_seed(config.seed + 1)
+    start, elapsed = 0, 0.0
+    if resume:
+        tensors, state = load_checkpoint(ckpt_dir)
+        if state.get("config") != asdict(config):
+            raise HastenError(f"{ckpt_dir}: the checkpoint was made with another config; resume "
+                              "with the same --config and --set values")
+        _load_prefixed(transformer, tensors, "model.transformer.")
+        _load_prefixed(encoder, tensors, "model.encoder.")
+        _load_prefixed(ema_t, tensors, "ema.transformer.")
+        _load_prefixed(ema_e, tensors, "ema.encoder.")
+        optimizer_from_flat(optimizer, tensors, state["optimizer"])
+        gen.set_state(tensors["rng.torch_generator"])
+        start, elapsed = state["step"], state["elapsed_s"]
+        logger.info("resumed %s at step %d", ckpt_dir, start)
+    elif os.path.exists(ckpt_dir):
+        raise HastenError(f"{run_dir}: already holds a run; pass --resume to continue it or choose "
+                          "another --out")
+    os.makedirs(run_dir, exist_ok=True)
+    write_json_atomic(os.path.join(run_dir, "config.json"), asdict(config))
+
+    writer = SummaryWriter(os.path.join(run_dir, "tb"), purge_step=start)
+    if start == 0:
+        writer.add_text("config", "```\n" + "\n".join(f"{k}: {v}" for k, v in asdict(config).items())
+                        + "\n```")
+    data = shapes_data.batches(config.seed, config.batch_size, start=start)
+    bar = tqdm(total=config.steps, initial=start, disable=not progress, desc="generator",
+               dynamic_ncols=True)
+    t_last = time.perf_counter()
+    running = None
+
+    def save(step):
+        tensors, optim_meta = _state_tensors(transformer, encoder, ema_t, ema_e, optimizer, gen)
+        save_checkpoint(ckpt_dir, tensors, {"step": step, "elapsed_s": elapsed,
+                                            "config": asdict(config), "optimizer": optim_meta})
+
+    for step in range(start, config.steps):
+        images_np, labels_np = next(data)
+        images, labels = torch.from_numpy(images_np), torch.from_numpy(labels_np)
+        drop = torch.rand(labels.shape, generator=gen) < config.label_dropout
+        labels = torch.where(drop, torch.full_like(labels, encoder.null_class), labels)
+        sigmas = torch.sigmoid(torch.randn(labels.shape, generator=gen))  # logit-normal (SD3)
+        noise = torch.randn(images.shape, generator=gen)
+        for group in optimizer.param_groups:
+            group["lr"] = _lr_at(config, step)
+        loss = flow_loss(transformer, encoder, images, labels, sigmas, noise)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+        optimizer.step()
+        # EMA with warm-up (decay grows with the step count) so short runs still average sensibly.
+        decay = min(config.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for src, dst in ((transformer, ema_t), (encoder, ema_e)):
+                for p_src, p_dst in zip(src.parameters(), dst.parameters()):
+                    p_dst.lerp_(p_src, 1 - decay)
+        now = time.perf_counter()
+        elapsed += now - t_last
+        t_last = now
+        value = loss.item()
+        running = value if running is None else 0.95 * running + 0.05 * value
+        bar.update(1)
+        bar.set_postfix(loss=f"{running:.4f}")
+        if (step + 1) % config.log_every == 0:
+            writer.add_scalar("losses/flow", value, step + 1)
+            writer.add_scalar("losses/flow_smoothed", running, step + 1)
+            writer.add_scalar("charts/lr", optimizer.param_groups[0]["lr"], step + 1)
+            writer.add_scalar("charts/grad_norm", float(grad_norm), step + 1)
+            writer.add_scalar("timing_s/elapsed", elapsed, step + 1)
+        if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
+            save(step + 1)
+    bar.close()
+    writer.close()
+    if start >= config.steps:
+        logger.info("run already complete at step %d", start)
+    out = os.path.join(run_dir, "model")
+    export_generator(ema_t, ema_e, config, out, train_seconds=elapsed)
+    return out
+
+
+def export_generator(transformer, encoder, config: GeneratorTrainConfig, out: str,
+                     train_seconds: float) -> None:
+    """Write the generator folder (diffusers ``save_pretrained`` layout) read by load_generator."""
+    import shutil
+    import tempfile
+
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from hasten import __version__
+    from hasten.checkpoint import write_json_atomic
+
+    parent = os.path.dirname(os.path.abspath(out))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".model-", dir=parent)
+    try:
+        transformer.save_pretrained(os.path.join(tmp, "transformer"), safe_serialization=True)
+        encoder.save_pretrained(os.path.join(tmp, "class_encoder"))
+        FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=config.shift).save_pretrained(
+            os.path.join(tmp, "scheduler"))
+        write_json_atomic(os.path.join(tmp, "hasten_generator.json"), {
+            "family": "flux",
+            "kind": "class-conditional pixel-space rectified flow",
+            "image_size": shapes_data.IMAGE_SIZE,
+            "channels": 3,
+            "class_names": list(shapes_data.CLASS_NAMES),
+            "num_steps": config.num_steps,
+            "guidance_scale": config.guidance_scale,
+            "hasten_version": __version__,
+            "train_seconds": round(train_seconds, 1),
+            "train_threads": torch.get_num_threads(),
+            "recipe": "hasten generator train",
+            "train_config": asdict(config),
+        })
+        if os.path.exists(out):
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    logger.info("exported generator to %s (%.0f s of training)", out, train_seconds)
+

@@ -1,0 +1,55 @@
+"""Shared fixtures: tiny randomly initialised generator folders and classifiers, on CPU."""
+
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+TINY = dict(num_layers=1, num_single_layers=1, num_attention_heads=2, attention_head_dim=16,
+            num_text_tokens=2, cond_dim=16, num_steps=6, guidance_scale=3.0)
+
+
+def make_tiny_generator(path: str, seed: int = 0, **overrides) -> str:
+    """Export a randomly initialised tiny generator folder (the layout of `hasten generator train`)."""
+    from hasten.generators.train_generator import GeneratorTrainConfig, build_models, export_generator
+
+    config = GeneratorTrainConfig(seed=seed, **{**TINY, **overrides})
+    transformer, encoder = build_models(config)
+    # Random weights, but not the zero-initialised output layers of a fresh FLUX model, so that
+    # the sampler's numbers actually depend on the network.
+    with torch.no_grad():
+        for p in transformer.parameters():
+            if p.abs().sum() == 0:
+                p.normal_(0, 0.02)
+    export_generator(transformer, encoder, config, path, train_seconds=0.0)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_generator_dir(tmp_path_factory):
+    return make_tiny_generator(str(tmp_path_factory.mktemp("gen") / "model"))
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier_dir(tmp_path_factory):
+    from hasten.generators.classifier import ShapesClassifier
+
+    torch.manual_seed(0)
+    path = str(tmp_path_factory.mktemp("cls") / "classifier")
+    ShapesClassifier(width=4, feature_dim=8).eval().save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_generator(tiny_generator_dir):
+    from hasten.generators import load_generator
+
+    return load_generator(tiny_generator_dir)
+
+
+def embedded_available() -> bool:
+    from hasten.generators.registry import EMBEDDED
+
+    return os.path.isfile(os.path.join(EMBEDDED["shapes"], "hasten_generator.json"))

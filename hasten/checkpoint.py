@@ -8,14 +8,12 @@ the previous checkpoint intact.
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import tempfile
 
 import torch
 
 from hasten.errors import HastenError
+from hasten.io import atomic_directory, read_json, read_safetensors, write_json_atomic
 
 TENSORS = "tensors.safetensors"
 STATE = "state.json"
@@ -53,55 +51,16 @@ def save_checkpoint(path: str, tensors: dict[str, torch.Tensor], state: dict) ->
     """Write ``tensors`` and ``state`` to the folder ``path``, replacing it atomically."""
     from safetensors.torch import save_file
 
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".ckpt-", dir=parent)
-    try:
+    with atomic_directory(path) as tmp:
         save_file({k: v.detach().contiguous() for k, v in tensors.items()}, os.path.join(tmp, TENSORS))
-        with open(os.path.join(tmp, STATE), "w") as f:
-            json.dump(state, f, indent=2)
-        old = path + ".old"
-        if os.path.exists(path):
-            os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        write_json_atomic(os.path.join(tmp, STATE), state)
 
 
 def load_checkpoint(path: str) -> tuple[dict[str, torch.Tensor], dict]:
     """Read a folder written by :func:`save_checkpoint`."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     tensor_file, state_file = os.path.join(path, TENSORS), os.path.join(path, STATE)
     for needed in (tensor_file, state_file):
         if not os.path.isfile(needed):
             raise HastenError(f"{needed}: checkpoint file not found (expected a folder written by hasten)")
-    try:
-        tensors = load_file(tensor_file)
-    except (SafetensorError, OSError, ValueError) as e:
-        raise HastenError(f"{tensor_file}: not a readable safetensors file ({e})") from e
-    try:
-        with open(state_file) as f:
-            state = json.load(f)
-    except json.JSONDecodeError as e:
-        raise HastenError(f"{state_file}: not valid JSON ({e.msg})") from e
-    return tensors, state
+    return read_safetensors(tensor_file), read_json(state_file)
 
-
-def write_json_atomic(path: str, data) -> None:
-    """Write JSON to ``path`` through a temporary file and a rename."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise

@@ -24,24 +24,13 @@ DEFAULT_GENERATOR = "embedded:shapes"
 
 # ----------------------------------------------------------------------------- helpers
 def _write_json(path: str, data) -> None:
-    from hasten.checkpoint import write_json_atomic
+    from hasten.io import write_json_atomic
 
     if path == "-":
         print(json.dumps(data, indent=2))
     else:
         write_json_atomic(path, data)
         print(f"wrote {path}")
-
-
-def _write_text_atomic(path: str, text: str) -> None:
-    import tempfile
-
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def _load_config(cls, path: str | None, overrides: list[str] | None, section: str):
@@ -99,6 +88,7 @@ def cmd_generator_eval(args) -> int:
     from hasten.generators.classifier import ShapesClassifier
     from hasten.generators.evaluate import evaluate_generator, markdown_table
     from hasten.generators.registry import classifier_path
+    from hasten.io import write_text_atomic
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -113,7 +103,7 @@ def cmd_generator_eval(args) -> int:
     if args.json:
         _write_json(args.json, result)
     if args.markdown:
-        _write_text_atomic(args.markdown, table)
+        write_text_atomic(args.markdown, table)
         print(f"wrote {args.markdown}")
     return 0
 

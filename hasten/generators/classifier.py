@@ -7,7 +7,6 @@ Inception in FID); it is never a training reward, so a policy cannot be tuned ag
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -18,7 +17,7 @@ import torch
 from torch import nn
 
 from hasten.generators import shapes_data
-from hasten.generators.flux_pixel import load_json, load_safetensors_into
+from hasten.io import load_safetensors_into, read_json, save_module
 
 logger = logging.getLogger(__name__)
 
@@ -68,17 +67,11 @@ class ShapesClassifier(nn.Module):
         return self.head(self.features(images))
 
     def save_pretrained(self, path: str, extra: dict | None = None) -> None:
-        from safetensors.torch import save_file
-
-        os.makedirs(path, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in self.state_dict().items()},
-                  os.path.join(path, "model.safetensors"))
-        with open(os.path.join(path, "config.json"), "w") as f:
-            json.dump({**self.config, **(extra or {})}, f, indent=2)
+        save_module(self, path, {**self.config, **(extra or {})})
 
     @classmethod
     def from_pretrained(cls, path: str) -> "ShapesClassifier":
-        config = load_json(os.path.join(path, "config.json"))
+        config = read_json(os.path.join(path, "config.json"))
         model = cls(**{k: config[k] for k in ("num_classes", "width", "feature_dim") if k in config})
         load_safetensors_into(model, os.path.join(path, "model.safetensors"))
         return model.eval()

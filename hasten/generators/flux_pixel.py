@@ -10,14 +10,13 @@ label dropout and classifier-free guidance.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 
-from hasten.errors import HastenError
+from hasten.io import load_safetensors_into, read_json, save_module
 
 
 @dataclass
@@ -57,57 +56,14 @@ class ClassEncoder(nn.Module):
         return tokens, self.pooled(labels)
 
     def save_pretrained(self, path: str) -> None:
-        from safetensors.torch import save_file
-
-        os.makedirs(path, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in self.state_dict().items()},
-                  os.path.join(path, "model.safetensors"))
-        with open(os.path.join(path, "config.json"), "w") as f:
-            json.dump(asdict(self.config), f, indent=2)
+        save_module(self, path, asdict(self.config))
 
     @classmethod
     def from_pretrained(cls, path: str) -> "ClassEncoder":
-        config = ClassEncoderConfig(**load_json(os.path.join(path, "config.json"), ClassEncoderConfig))
+        config = ClassEncoderConfig(**read_json(os.path.join(path, "config.json"), ClassEncoderConfig))
         encoder = cls(config)
         load_safetensors_into(encoder, os.path.join(path, "model.safetensors"))
         return encoder
-
-
-def load_json(path: str, dataclass_type=None) -> dict:
-    """Read a JSON object; with ``dataclass_type``, reject keys it does not have."""
-    if not os.path.isfile(path):
-        raise HastenError(f"{path}: file not found")
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise HastenError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from e
-    if not isinstance(data, dict):
-        raise HastenError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    if dataclass_type is not None:
-        known = set(dataclass_type.__dataclass_fields__)
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise HastenError(f"{path}: unknown field(s) {unknown}; expected some of {sorted(known)}")
-    return data
-
-
-def load_safetensors_into(module: nn.Module, path: str) -> None:
-    """Load a safetensors file into ``module`` strictly, with errors that name the file."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    if not os.path.isfile(path):
-        raise HastenError(f"{path}: weights file not found")
-    try:
-        state = load_file(path)
-    except (SafetensorError, OSError, ValueError) as e:
-        raise HastenError(f"{path}: not a readable safetensors file ({e})") from e
-    try:
-        module.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        first = str(e).splitlines()[0] if str(e) else "mismatch"
-        raise HastenError(f"{path}: weights do not match the model config ({first})") from e
 
 
 def pack(images: torch.Tensor) -> torch.Tensor:

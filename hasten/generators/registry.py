@@ -74,10 +74,11 @@ def load_generator(name_or_path: str = "embedded:shapes"):
     from diffusers import FluxTransformer2DModel
 
     from hasten.generators.adapter import FluxClassGenerator
-    from hasten.generators.flux_pixel import ClassEncoder, load_json
+    from hasten.generators.flux_pixel import ClassEncoder
+    from hasten.io import read_json
 
     path = resolve_generator_path(name_or_path)
-    meta = load_json(os.path.join(path, META))
+    meta = read_json(os.path.join(path, META))
     for key in ("family", "class_names", "image_size", "num_steps", "guidance_scale"):
         if key not in meta:
             raise HastenError(f"{os.path.join(path, META)}: missing field {key!r}")
@@ -92,7 +93,7 @@ def load_generator(name_or_path: str = "embedded:shapes"):
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise HastenError(f"{transformer_dir}: cannot load the FLUX transformer ({first})") from e
     encoder = ClassEncoder.from_pretrained(os.path.join(path, "class_encoder"))
-    scheduler_config = load_json(os.path.join(path, "scheduler", "scheduler_config.json"))
+    scheduler_config = read_json(os.path.join(path, "scheduler", "scheduler_config.json"))
     if encoder.config.num_classes != len(meta["class_names"]):
         raise HastenError(f"{path}: class_encoder has {encoder.config.num_classes} classes but "
                           f"{META} names {len(meta['class_names'])}")

@@ -158,7 +158,7 @@ def train_generator(config: GeneratorTrainConfig, run_dir: str, resume: bool = F
     from torch.utils.tensorboard import SummaryWriter
     from tqdm.auto import tqdm
 
-    from hasten.checkpoint import write_json_atomic
+    from hasten.io import write_json_atomic
 
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -253,18 +253,12 @@ def train_generator(config: GeneratorTrainConfig, run_dir: str, resume: bool = F
 def export_generator(transformer, encoder, config: GeneratorTrainConfig, out: str,
                      train_seconds: float) -> None:
     """Write the generator folder (diffusers ``save_pretrained`` layout) read by load_generator."""
-    import shutil
-    import tempfile
-
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     from hasten import __version__
-    from hasten.checkpoint import write_json_atomic
+    from hasten.io import atomic_directory, write_json_atomic
 
-    parent = os.path.dirname(os.path.abspath(out))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".model-", dir=parent)
-    try:
+    with atomic_directory(out) as tmp:
         transformer.save_pretrained(os.path.join(tmp, "transformer"), safe_serialization=True)
         encoder.save_pretrained(os.path.join(tmp, "class_encoder"))
         FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=config.shift).save_pretrained(
@@ -283,11 +277,5 @@ def export_generator(transformer, encoder, config: GeneratorTrainConfig, out: st
             "recipe": "hasten generator train",
             "train_config": asdict(config),
         })
-        if os.path.exists(out):
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     logger.info("exported generator to %s (%.0f s of training)", out, train_seconds)
 

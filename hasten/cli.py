@@ -167,6 +167,11 @@ def cmd_sample(args) -> int:
 
 
 # ----------------------------------------------------------------------------- parser
+def _print_help_and_fail(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return 2
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hasten",
@@ -181,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generator", help="train, evaluate and inspect the embedded generators",
                          description="Train, evaluate and inspect the embedded generators.")
     gen_sub = gen.add_subparsers(dest="generator_command", metavar="SUBCOMMAND")
+    gen.set_defaults(func=lambda args: _print_help_and_fail(gen))
 
     train = gen_sub.add_parser(
         "train", help="train the class-conditional FLUX generator on procedural shapes",
@@ -259,15 +265,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    func = getattr(args, "func", None)
-    if func is None:
-        # `hasten` or `hasten generator` alone: show the relevant help.
-        if args.command == "generator":
-            parser.parse_args(["generator", "--help"])
-        parser.print_help()
-        return 2
+    if getattr(args, "func", None) is None:  # `hasten` alone
+        return _print_help_and_fail(parser)
     try:
-        return func(args)
+        return args.func(args)
     except HastenError as e:
         if args.debug:
             raise

@@ -61,3 +61,20 @@ def test_embedded_generator_ships_complete():
     classifier_path(folder)
     images, stats = gen.sample(["red circle"], seeds=[0], num_steps=2)
     assert images.shape == (1, 3, 32, 32)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not embedded_available(), reason="embedded generator not built in this checkout")
+def test_embedded_samples_are_recognised_by_the_evaluation_classifier():
+    """A regression check of the shipped model + sampler: one sample per class at the default
+    28 steps; the evaluation classifier must recognise most (the full numbers are in BENCHMARKS.md)."""
+    import torch
+
+    from hasten.generators.classifier import ShapesClassifier, classify
+
+    gen = load_generator("embedded:shapes")
+    classifier = ShapesClassifier.from_pretrained(classifier_path(gen.path))
+    labels = list(range(gen.num_classes))
+    images, _ = gen.sample(labels, seeds=[100 + i for i in labels])
+    preds, _ = classify(classifier, images)
+    assert (preds == torch.tensor(labels)).float().mean() >= 0.75

@@ -167,6 +167,27 @@ def cmd_sample(args) -> int:
 
 
 # ----------------------------------------------------------------------------- parser
+# ----------------------------------------------------------------------------- knobs
+def cmd_knobs_bench(args) -> int:
+    import torch
+
+    from hasten.generators.bench import bench_knobs, markdown, parse_models
+    from hasten.io import write_text_atomic
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    result = bench_knobs(parse_models(args.models), repeats=args.repeats, samples=args.samples,
+                         progress=not args.quiet)
+    table = markdown(result)
+    print(table)
+    if args.json:
+        _write_json(args.json, result)
+    if args.markdown:
+        write_text_atomic(args.markdown, table)
+        print(f"wrote {args.markdown}")
+    return 0
+
+
 def _print_help_and_fail(parser: argparse.ArgumentParser) -> int:
     parser.print_help(sys.stderr)
     return 2
@@ -238,6 +259,29 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", nargs="?", const="-", metavar="PATH",
                       help="print JSON (to PATH if given, else stdout)")
     info.set_defaults(func=cmd_generator_info)
+
+    # knobs
+    knobs = sub.add_parser("knobs", help="the acceleration knobs: cost benchmark",
+                           description="The acceleration knobs (step-skip, cache-reuse, sparse attention).")
+    knobs_sub = knobs.add_subparsers(dest="knobs_command", metavar="SUBCOMMAND")
+    knobs.set_defaults(func=lambda args: _print_help_and_fail(knobs))
+    bench = knobs_sub.add_parser(
+        "bench", help="FLOPs fraction and measured time fraction of every knob level",
+        description="For each model and knob level: the analytic FLOPs fraction of a full model call "
+                    "and the measured time fraction (median of interleaved repeats); step-skip as "
+                    "whole trajectories (model calls, time); attention alone, dense vs sparse; and a "
+                    "mixed-decision batch against the sum of its rows.")
+    bench.add_argument("--models", default="embedded:shapes,flux-random-1024,flux-random-4096",
+                       help="comma-separated: embedded:NAME, a generator folder, flux-random-1024, "
+                            "flux-random-4096 (default: %(default)s)")
+    bench.add_argument("--repeats", type=_positive_int, default=5, help="timed repeats per level (default: %(default)s)")
+    bench.add_argument("--samples", type=_positive_int,
+                       help="samples per model call (default: 8 on small models, 1 on the random FLUX configs)")
+    bench.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    bench.add_argument("--json", metavar="PATH", help="write the results as JSON ('-' for stdout)")
+    bench.add_argument("--markdown", metavar="PATH", help="write the tables as markdown")
+    bench.add_argument("--quiet", action="store_true", help="no progress bar")
+    bench.set_defaults(func=cmd_knobs_bench)
 
     # sample
     sample = sub.add_parser(

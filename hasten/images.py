@@ -8,6 +8,8 @@ import tempfile
 import numpy as np
 import torch
 
+from hasten.io import publish
+
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """(B, C, H, W) in [-1, 1] -> (B, H, W, C) uint8."""
@@ -41,7 +43,7 @@ def save_grid(images: torch.Tensor, rows: int, path: str, row_labels: list[str] 
     os.close(fd)
     try:
         grid.save(tmp, format="PNG")
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         os.remove(tmp)
         raise

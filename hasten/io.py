@@ -34,6 +34,29 @@ def read_json(path: str, dataclass_type=None) -> dict:
     return data
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def publish(tmp: str, path: str) -> None:
+    """Rename the finished temporary file or folder ``tmp`` onto ``path``.
+
+    ``mkstemp``/``mkdtemp`` create private (0600/0700) entries; they are given the permissions an
+    ordinary ``open``/``mkdir`` would have had, so shipped models and written results stay readable.
+    """
+    mask = _current_umask()
+    if os.path.isdir(tmp):
+        for root, dirs, files in os.walk(tmp):
+            os.chmod(root, 0o777 & ~mask)
+            for name in files:
+                os.chmod(os.path.join(root, name), 0o666 & ~mask)
+    else:
+        os.chmod(tmp, 0o666 & ~mask)
+    os.replace(tmp, path)
+
+
 def write_json_atomic(path: str, data) -> None:
     """Write JSON to ``path`` through a temporary file and a rename."""
     write_text_atomic(path, json.dumps(data, indent=2) + "\n")
@@ -47,7 +70,7 @@ def write_text_atomic(path: str, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -91,7 +114,7 @@ def atomic_directory(path: str):
         old = tmp + ".old"
         if os.path.exists(path):
             os.replace(path, old)
-        os.replace(tmp, path)
+        publish(tmp, path)
         shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -1,9 +1,16 @@
-"""Generator adapter of a class-conditional FLUX transformer and its reference sampler.
+"""Generator adapter of a frozen class-conditional diffusers DiT: the reference sampler and the
+knob-driven sampler.
 
 The reference sampler is the plain flow-matching Euler loop of FLUX / SD3, driven by diffusers'
 ``FlowMatchEulerDiscreteScheduler``: ``x <- x + (s_next - s) * v(x, s)`` from pure noise at
 ``s = 1`` to data at ``s = 0``, with classifier-free guidance (both branches in one batched model
 call). Every sample has its own seed, so a row's result does not depend on the batch it sits in.
+
+The knob-driven sampler (:meth:`DiTGenerator.start` / :meth:`DiTGenerator.step`, or
+``sample(..., decisions=...)``) advances every row with its own decisions: rows sit at different
+schedule positions, skip intervals, reuse cached block residuals or attend sparsely, and only the
+rows that call the model go through it. With every knob at level 0 it reproduces the reference
+sampler.
 
 Example:
     >>> import hasten
@@ -23,27 +30,30 @@ import numpy as np
 import torch
 
 from hasten.errors import HastenError
-from hasten.generators.flux_pixel import ClassEncoder, image_ids, pack, text_ids, unpack
+from hasten.generators.cost import StepCost
+from hasten.generators.families import family_of
+from hasten.generators.flux_pixel import ClassEncoder
+from hasten.generators.knobs import KNOBS, SPARSE_ATTENTION, KnobState, attach_knobs, detach_knobs, validate_decisions
 
 logger = logging.getLogger(__name__)
 
 
-class FluxClassGenerator:
-    """A frozen class-conditional ``FluxTransformer2DModel`` in pixel space (2x2 packed).
+class DiTGenerator:
+    """A frozen class-conditional diffusers DiT (Flux or SD3 family) and its flow-matching schedule.
 
     Attributes:
-        transformer: the frozen ``diffusers.FluxTransformer2DModel`` (eval mode, no grads).
+        transformer: the frozen ``FluxTransformer2DModel`` / ``SD3Transformer2DModel`` (eval, no grads).
+        family: its :class:`~hasten.generators.families.DiTFamily`.
         class_encoder: class index -> ("text" tokens, pooled vector).
         scheduler_config: config of the ``FlowMatchEulerDiscreteScheduler``.
         meta: the generator folder's ``hasten_generator.json`` (class names, defaults, recipe).
         path: the generator folder.
     """
 
-    family = "flux"
-
     def __init__(self, transformer, class_encoder: ClassEncoder, scheduler_config: dict, meta: dict,
                  path: str | None = None):
         self.transformer = transformer.eval().requires_grad_(False)
+        self.family = family_of(transformer)
         self.class_encoder = class_encoder.eval().requires_grad_(False)
         self.scheduler_config = dict(scheduler_config)
         self.meta = meta
@@ -53,6 +63,8 @@ class FluxClassGenerator:
         self.channels: int = int(meta.get("channels", 3))
         self.default_steps: int = int(meta["num_steps"])
         self.default_guidance: float = float(meta["guidance_scale"])
+        self._knobs: KnobState | None = None
+        self._cost: StepCost | None = None
 
     # ----------------------------------------------------------------------------- conditions
     @property
@@ -91,9 +103,10 @@ class FluxClassGenerator:
     @torch.no_grad()
     def velocity(self, x: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor,
                  guidance: float) -> torch.Tensor:
-        """Guided velocity for packed tokens ``x`` (B, N, C*4) at per-row noise levels ``sigma`` (B,).
+        """Guided velocity for images/latents ``x`` (B, C, H, W) at per-row noise levels ``sigma`` (B,).
 
-        Both classifier-free-guidance branches go through the transformer in one batch of 2B rows.
+        Both classifier-free-guidance branches go through the transformer in one batch of 2B rows
+        (conditional rows first).
         """
         b = x.shape[0]
         if guidance == 1.0:
@@ -103,33 +116,14 @@ class FluxClassGenerator:
             all_labels = torch.cat([labels, null])
             all_x, all_sigma = torch.cat([x, x]), torch.cat([sigma, sigma])
         tokens, pooled = self.class_encoder(all_labels)
-        v = self.transformer(
-            hidden_states=all_x, encoder_hidden_states=tokens, pooled_projections=pooled,
-            timestep=all_sigma, img_ids=image_ids(self.image_size, self.image_size, device=x.device),
-            txt_ids=text_ids(tokens.shape[1], device=x.device), return_dict=False)[0]
+        v = self.family.velocity(self.transformer, all_x, all_sigma, tokens, pooled)
         if guidance == 1.0:
             return v
         v_cond, v_uncond = v[:b], v[b:]
         return v_uncond + guidance * (v_cond - v_uncond)
 
     # ----------------------------------------------------------------------------- sampling
-    @torch.no_grad()
-    def sample(self, conditions: Sequence[str | int], seeds: Sequence[int], num_steps: int | None = None,
-               guidance: float | None = None, batch_size: int = 64, progress: bool = False):
-        """The reference sampler: full compute, ``num_steps`` Euler steps of the flow.
-
-        Args:
-            conditions: one class (name or index) per sample.
-            seeds: one noise seed per sample.
-            num_steps: Euler steps (default: the model's, 28).
-            guidance: classifier-free guidance scale (default: the model's; 1.0 = no guidance).
-            batch_size: rows per model call.
-            progress: show a progress bar over batches.
-
-        Returns:
-            (images (N, C, H, W) float32 in [-1, 1], stats) where stats holds per-row
-            ``model_calls`` and ``flops_fraction`` (numpy arrays) and ``seconds``.
-        """
+    def _check_args(self, conditions, seeds, num_steps, guidance):
         num_steps = self.default_steps if num_steps is None else int(num_steps)
         guidance = self.default_guidance if guidance is None else float(guidance)
         if len(conditions) != len(seeds):
@@ -138,37 +132,229 @@ class FluxClassGenerator:
             raise HastenError(f"num_steps={num_steps}: expected an integer >= 1")
         if not np.isfinite(guidance) or guidance < 0:
             raise HastenError(f"guidance={guidance}: expected a finite number >= 0")
+        return num_steps, guidance
+
+    @torch.no_grad()
+    def sample(self, conditions: Sequence[str | int], seeds: Sequence[int], num_steps: int | None = None,
+               guidance: float | None = None, decisions=None, batch_size: int = 64, progress: bool = False):
+        """Sample one image per (condition, seed): full compute, or per-row knob decisions.
+
+        Args:
+            conditions: one class (name or index) per sample.
+            seeds: one noise seed per sample.
+            num_steps: schedule length (default: the model's, 28).
+            guidance: classifier-free guidance scale (default: the model's; 1.0 = no guidance).
+            decisions: None for the reference sampler; otherwise levels of (step_skip, cache_reuse,
+                sparse_attention) as an int array (3,) for every row and step, (N, 3) per row, or
+                (N, num_steps, 3) per row and schedule position; or a callable
+                ``decide(rollout) -> (B, 3)`` asked before every step of a batch of rows.
+            batch_size: rows per model call.
+            progress: show a progress bar over batches.
+
+        Returns:
+            (images (N, C, H, W) float32 in [-1, 1], stats) where stats holds per-row
+            ``model_calls`` and ``flops_fraction`` (numpy arrays, FLOPs relative to the reference
+            sampler at ``num_steps``), ``decisions`` (N, num_steps, 3) as applied (-1 where the row
+            made no model call at that position) and ``seconds``.
+        """
+        num_steps, guidance = self._check_args(conditions, seeds, num_steps, guidance)
         if batch_size < 1:
             raise HastenError(f"batch_size={batch_size}: expected an integer >= 1")
+        n = len(seeds)
+        if decisions is not None and not callable(decisions):
+            decisions = _expand_decisions(decisions, n, num_steps)
         labels = self.encode(conditions)
         start = time.perf_counter()
-        outputs = []
-        chunks = range(0, len(seeds), batch_size)
+        images, calls, flops, applied = [], [], [], []
+        chunks = range(0, n, batch_size)
         if progress:
             from tqdm.auto import tqdm
 
             chunks = tqdm(chunks, desc=f"sampling ({num_steps} steps)", dynamic_ncols=True)
         for i in chunks:
             rows = slice(i, i + batch_size)
-            outputs.append(self._sample_batch(labels[rows], self.noise(seeds[rows]), num_steps, guidance))
-        images = torch.cat(outputs) if outputs else torch.empty(0, self.channels, self.image_size,
-                                                                self.image_size)
-        stats = {
-            "model_calls": np.full(len(seeds), num_steps, dtype=np.int64),
-            "flops_fraction": np.full(len(seeds), num_steps / self.default_steps),
-            "seconds": time.perf_counter() - start,
-        }
-        return images, stats
+            if decisions is None:
+                images.append(self._reference_batch(labels[rows], self.noise(seeds[rows]), num_steps, guidance))
+                continue
+            rollout = self.start(labels[rows], seeds[rows], num_steps, guidance)
+            while not rollout.done.all():
+                if callable(decisions):
+                    step_decisions = decisions(rollout)
+                else:
+                    position = rollout.index.clamp(max=num_steps - 1).numpy()
+                    step_decisions = decisions[rows][np.arange(len(position)), position]
+                self.step(rollout, step_decisions)
+            images.append(rollout.images())
+            calls.append(rollout.model_calls.numpy())
+            flops.append(rollout.flops_fraction())
+            applied.append(rollout.decisions.numpy())
+        empty = torch.empty(0, self.channels, self.image_size, self.image_size)
+        if decisions is None:
+            stats = {"model_calls": np.full(n, num_steps, dtype=np.int64), "flops_fraction": np.ones(n),
+                     "decisions": np.zeros((n, num_steps, len(KNOBS)), dtype=np.int64)}
+        else:
+            stats = {"model_calls": np.concatenate(calls) if calls else np.zeros(0, dtype=np.int64),
+                     "flops_fraction": np.concatenate(flops) if flops else np.zeros(0),
+                     "decisions": (np.concatenate(applied) if applied
+                                   else np.zeros((0, num_steps, len(KNOBS)), dtype=np.int64))}
+        stats["seconds"] = time.perf_counter() - start
+        return (torch.cat(images) if images else empty), stats
 
-    def _sample_batch(self, labels, noise, num_steps, guidance):
+    def _reference_batch(self, labels, noise, num_steps, guidance):
+        """The plain loop: diffusers' scheduler drives every Euler step, every row computes fully."""
         scheduler = self.make_scheduler(num_steps)
-        x = pack(noise)  # (B, N, C*4)
+        x = noise
         for t in scheduler.timesteps:
             sigma = (t / scheduler.config.num_train_timesteps).expand(x.shape[0])
             v = self.velocity(x, sigma, labels, guidance)
             x = scheduler.step(v, t, x, return_dict=False)[0]
-        return unpack(x, self.image_size, self.image_size).clamp(-1, 1)
+        return x.clamp(-1, 1)
+
+    # ----------------------------------------------------------------------------- knob-driven rollouts
+    def step_cost(self) -> StepCost:
+        """Analytic FLOPs of one model call of this generator, by knob level (traced once)."""
+        if self._cost is None:
+            cfg = self.class_encoder.config
+            self._cost = StepCost.trace(self.transformer, self.image_size, self.channels, cfg.num_tokens,
+                                        cfg.token_dim, cfg.pooled_dim)
+        return self._cost
+
+    def attach_knobs(self) -> KnobState:
+        """Attach the knob hooks to the transformer (idempotent); inert outside knob-driven calls."""
+        if self._knobs is None:
+            self._knobs = attach_knobs(self.transformer)
+        return self._knobs
+
+    def detach_knobs(self) -> None:
+        """Remove the knob hooks; the transformer is exactly as loaded."""
+        detach_knobs(self.transformer)
+        self._knobs = None
+
+    @torch.no_grad()
+    def start(self, conditions, seeds: Sequence[int], num_steps: int | None = None,
+              guidance: float | None = None) -> "Rollout":
+        """Begin a knob-driven rollout of a batch of rows at pure noise (schedule position 0)."""
+        if isinstance(conditions, torch.Tensor):
+            labels = conditions.long()
+            conditions = labels.tolist()
+        num_steps, guidance = self._check_args(conditions, seeds, num_steps, guidance)
+        labels = self.encode(conditions)
+        scheduler = self.make_scheduler(num_steps)
+        self.attach_knobs()
+        return Rollout(labels=labels, x=self.noise(seeds), num_steps=num_steps, guidance=guidance,
+                       timesteps=scheduler.timesteps / scheduler.config.num_train_timesteps,
+                       sigmas=scheduler.sigmas, cfg=guidance != 1.0)
+
+    @torch.no_grad()
+    def step(self, rollout: "Rollout", decisions) -> torch.Tensor:
+        """Advance every unfinished row by one model call with its decisions (B, 3).
+
+        Returns the (B,) FLOPs fraction of a full model call that each row spent (0 for finished rows).
+        """
+        b = rollout.batch_size
+        levels = torch.from_numpy(validate_decisions(decisions, rows=b)) if b else torch.zeros(0, 3)
+        rows = (~rollout.done).nonzero().squeeze(1)
+        spent = torch.zeros(b, dtype=torch.float64)
+        if rows.numel() == 0:
+            return spent
+        skip, cache, sparse = levels[rows].long().unbind(1)
+        j = rollout.index[rows]
+        j_next = (j + 1 + skip).clamp(max=rollout.num_steps)
+        keep = torch.tensor(SPARSE_ATTENTION.levels, dtype=torch.float32)[sparse]
+        v, effective = self.model_call(rollout, rows, j, cache, keep)
+        x = rollout.x[rows]
+        rollout.x[rows] = x + (rollout.sigmas[j_next] - rollout.sigmas[j]).view(-1, 1, 1, 1) * v
+        cost = self.step_cost()
+        fractions = torch.tensor([cost.fraction(int(c), float(k)) for c, k in zip(effective, keep)],
+                                 dtype=torch.float64)
+        spent[rows] = fractions
+        rollout.flops[rows] += fractions
+        rollout.model_calls[rows] += 1
+        rollout.decisions[rows, j] = torch.stack([skip, effective, sparse], dim=1)
+        rollout.index[rows] = j_next
+        return spent
+
+    @torch.no_grad()
+    def model_call(self, rollout: "Rollout", rows: torch.Tensor, position: torch.Tensor, cache_levels: torch.Tensor,
+                   keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One guided velocity evaluation of ``rows`` at schedule ``position``, with their knob levels.
+
+        Does not advance the rollout (only the residual cache is updated). Returns the velocity and
+        the effective cache levels (a row's first call computes every block).
+        """
+        b = rollout.batch_size
+        ids = torch.cat([rows, rows + b]) if rollout.cfg else rows
+        twice = 2 if rollout.cfg else 1
+        state = self.attach_knobs()
+        effective = state.set_call(rollout.cache, ids, cache_levels.repeat(twice), keep.repeat(twice))
+        try:
+            v = self.velocity(rollout.x[rows], rollout.timesteps[position], rollout.labels[rows], rollout.guidance)
+        finally:
+            state.clear_call()
+        return v, effective[: rows.numel()]
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.transformer.parameters()) + sum(
             p.numel() for p in self.class_encoder.parameters())
+
+
+FluxClassGenerator = DiTGenerator  # the embedded generator's adapter (kept name)
+
+
+class Rollout:
+    """The state of a batch of rows being denoised with per-row knob decisions.
+
+    Attributes:
+        x: (B, C, H, W) current images/latents.
+        index: (B,) schedule position of each row (``num_steps`` = finished).
+        done: (B,) rows that reached t = 0.
+        model_calls: (B,) model calls so far; flops: (B,) FLOPs so far in full-call units.
+        decisions: (B, num_steps, 3) the applied levels (-1 where the row made no call).
+        cache: the per-row residual cache of the cache-reuse knob.
+    """
+
+    def __init__(self, labels, x, num_steps, guidance, timesteps, sigmas, cfg: bool):
+        from hasten.generators.knobs import RowCache
+
+        b = x.shape[0]
+        self.labels, self.x = labels, x.clone()
+        self.num_steps, self.guidance, self.cfg = num_steps, guidance, cfg
+        self.timesteps, self.sigmas = timesteps, sigmas
+        self.index = torch.zeros(b, dtype=torch.long)
+        self.model_calls = torch.zeros(b, dtype=torch.long)
+        self.flops = torch.zeros(b, dtype=torch.float64)
+        self.decisions = torch.full((b, num_steps, len(KNOBS)), -1, dtype=torch.long)
+        self.cache = RowCache(2 * b if cfg else b)
+
+    @property
+    def batch_size(self) -> int:
+        return self.x.shape[0]
+
+    @property
+    def done(self) -> torch.Tensor:
+        return self.index >= self.num_steps
+
+    @property
+    def sigma(self) -> torch.Tensor:
+        """(B,) current noise level of each row."""
+        return self.sigmas[self.index]
+
+    def flops_fraction(self) -> np.ndarray:
+        """FLOPs spent per row relative to the reference sampler's ``num_steps`` full calls."""
+        return (self.flops / self.num_steps).numpy()
+
+    def images(self) -> torch.Tensor:
+        return self.x.clamp(-1, 1)
+
+
+def _expand_decisions(decisions, n: int, num_steps: int) -> np.ndarray:
+    """(3,), (N, 3) or (N, num_steps, 3) levels -> (N, num_steps, 3), validated."""
+    array = validate_decisions(decisions)
+    if array.ndim == 1:
+        array = np.broadcast_to(array, (n, num_steps, len(KNOBS)))
+    elif array.ndim == 2 and array.shape[0] == n:
+        array = np.broadcast_to(array[:, None], (n, num_steps, len(KNOBS)))
+    elif array.shape != (n, num_steps, len(KNOBS)):
+        raise HastenError(f"decisions of shape {array.shape}: expected ({len(KNOBS)},), ({n}, {len(KNOBS)}) "
+                          f"or ({n}, {num_steps}, {len(KNOBS)})")
+    return array

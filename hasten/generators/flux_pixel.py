@@ -94,3 +94,9 @@ def image_ids(height: int, width: int, device=None, dtype=torch.float32) -> torc
 def text_ids(num_tokens: int, device=None, dtype=torch.float32) -> torch.Tensor:
     """(T, 3) zeros: FLUX gives text tokens no position."""
     return torch.zeros(num_tokens, 3, device=device, dtype=dtype)
+
+
+def rope_axes(head_dim: int) -> tuple[int, int, int]:
+    """Rotary axes (index, row, col) of a head, split as FLUX.1's 16/56/56 of 128."""
+    quarter = head_dim // 4
+    return (quarter, 3 * quarter // 2, 3 * quarter // 2)

@@ -65,15 +65,16 @@ def load_generator(name_or_path: str = "embedded:shapes"):
         name_or_path: ``"embedded:shapes"`` or a generator folder.
 
     Returns:
-        A :class:`~hasten.generators.adapter.FluxClassGenerator`.
+        A :class:`~hasten.generators.adapter.DiTGenerator`.
 
     Example:
         >>> gen = load_generator("embedded:shapes")  # doctest: +SKIP
         >>> images, stats = gen.sample(["red circle"], seeds=[0])  # doctest: +SKIP
     """
-    from diffusers import FluxTransformer2DModel
+    import diffusers
 
-    from hasten.generators.adapter import FluxClassGenerator
+    from hasten.generators.adapter import DiTGenerator
+    from hasten.generators.families import FAMILIES
     from hasten.generators.flux_pixel import ClassEncoder
     from hasten.io import read_json
 
@@ -82,23 +83,24 @@ def load_generator(name_or_path: str = "embedded:shapes"):
     for key in ("family", "class_names", "image_size", "num_steps", "guidance_scale"):
         if key not in meta:
             raise HastenError(f"{os.path.join(path, META)}: missing field {key!r}")
-    if meta["family"] != "flux":
-        raise HastenError(f"{os.path.join(path, META)}: family {meta['family']!r} is not supported by "
-                          "this adapter; expected 'flux'")
+    if meta["family"] not in FAMILIES:
+        raise HastenError(f"{os.path.join(path, META)}: family {meta['family']!r} is not supported; "
+                          f"expected one of {sorted(FAMILIES)}")
+    transformer_cls = getattr(diffusers, FAMILIES[meta["family"]].transformer_class)
     transformer_dir = os.path.join(path, "transformer")
     _check_safetensors(os.path.join(transformer_dir, "diffusion_pytorch_model.safetensors"))
     try:
-        transformer = FluxTransformer2DModel.from_pretrained(transformer_dir)
+        transformer = transformer_cls.from_pretrained(transformer_dir)
     except (OSError, ValueError, RuntimeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise HastenError(f"{transformer_dir}: cannot load the FLUX transformer ({first})") from e
+        raise HastenError(f"{transformer_dir}: cannot load the {transformer_cls.__name__} ({first})") from e
     encoder = ClassEncoder.from_pretrained(os.path.join(path, "class_encoder"))
     scheduler_config = read_json(os.path.join(path, "scheduler", "scheduler_config.json"))
     if encoder.config.num_classes != len(meta["class_names"]):
         raise HastenError(f"{path}: class_encoder has {encoder.config.num_classes} classes but "
                           f"{META} names {len(meta['class_names'])}")
     logger.info("loaded generator %s", path)
-    return FluxClassGenerator(transformer, encoder, scheduler_config, meta, path=path)
+    return DiTGenerator(transformer, encoder, scheduler_config, meta, path=path)
 
 
 def classifier_path(generator_path: str) -> str:

@@ -27,7 +27,7 @@ import torch
 from hasten.checkpoint import load_checkpoint, optimizer_from_flat, optimizer_to_flat, save_checkpoint
 from hasten.errors import HastenError
 from hasten.generators import shapes_data
-from hasten.generators.flux_pixel import ClassEncoder, ClassEncoderConfig, image_ids, pack, text_ids
+from hasten.generators.flux_pixel import ClassEncoder, ClassEncoderConfig, image_ids, pack, rope_axes, text_ids
 
 logger = logging.getLogger(__name__)
 
@@ -83,9 +83,7 @@ class GeneratorTrainConfig:
             raise ValueError(f"shift={self.shift}: must be > 0")
 
     def rope_axes(self) -> tuple[int, int, int]:
-        # FLUX splits each head over (index, row, col) rotary axes as 16/56/56 of 128.
-        quarter = self.attention_head_dim // 4
-        return (quarter, 3 * quarter // 2, 3 * quarter // 2)
+        return rope_axes(self.attention_head_dim)
 
 
 def build_models(config: GeneratorTrainConfig):

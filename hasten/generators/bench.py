@@ -1,0 +1,184 @@
+"""``hasten knobs bench``: what each knob level costs, counted (FLOPs) and measured (time).
+
+For every model and knob level it reports the analytic FLOPs fraction of a full model call and the
+measured time fraction (median over interleaved repeats, so drift on a noisy machine hits every
+level alike). Cache-reuse and sparse-attention levels are single model calls on a primed rollout;
+step-skip is a whole trajectory (model calls and sampling time relative to full compute). It also
+times attention alone (dense vs block-sparse) at each model's shapes, and a batch with mixed
+decisions against the sum of its rows.
+
+Models: ``embedded:shapes`` (or any generator folder) and random-weight FLUX-architecture configs
+``flux-random-1024`` / ``flux-random-4096`` (image tokens; 128 text tokens, 2 double + 4 single
+blocks of 4 heads x 64, single guidance branch as the guidance-distilled FLUX.1-dev).
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import statistics
+import time
+from datetime import datetime, timezone
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from hasten.errors import HastenError
+from hasten.generators.knobs import CACHE_REUSE, SPARSE_ATTENTION, block_sparse_attention
+
+logger = logging.getLogger(__name__)
+
+RANDOM_FLUX = {"flux-random-1024": 64, "flux-random-4096": 128}  # name -> image size (2x2 packed)
+DEFAULT_MODELS = ("embedded:shapes", "flux-random-1024", "flux-random-4096")
+
+
+def load_bench_model(name: str):
+    """A generator for the benchmark: a random FLUX config by name, else ``load_generator(name)``."""
+    if name in RANDOM_FLUX:
+        from hasten.generators.synthetic import random_generator
+
+        return random_generator("flux", image_size=RANDOM_FLUX[name], channels=16, num_layers=2,
+                                num_single_layers=4, heads=4, head_dim=64, cond_dim=256, text_tokens=128,
+                                num_steps=28, guidance=1.0)
+    from hasten.generators import load_generator
+
+    return load_generator(name)
+
+
+def _median_times(functions: dict, repeats: int, warmup: int = 1) -> dict[str, float]:
+    """Median seconds of each function, timed in interleaved rounds."""
+    for fn in functions.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in functions}
+    for _ in range(repeats):
+        for name, fn in functions.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def _call_levels(gen, samples: int, repeats: int) -> list[dict]:
+    """Cache-reuse and sparse-attention levels: one model call each on a primed rollout."""
+    rollout = gen.start(list(range(samples)), list(range(samples)))
+    gen.step(rollout, np.zeros((samples, 3), dtype=int))  # fills every row's residual cache
+    rows = torch.arange(samples)
+    position = rollout.index.clone()
+    cost = gen.step_cost()
+    levels = [("full", 0, 0)]
+    levels += [(f"cache_reuse={CACHE_REUSE.levels[c]}", c, 0) for c in (1, 2)]
+    levels += [(f"sparse_attention={SPARSE_ATTENTION.levels[s]}", 0, s) for s in (1, 2)]
+
+    def call(c, s):
+        keep = torch.full((samples,), SPARSE_ATTENTION.levels[s])
+        return lambda: gen.model_call(rollout, rows, position, torch.full((samples,), c), keep)
+
+    medians = _median_times({name: call(c, s) for name, c, s in levels}, repeats)
+    # a batch with mixed decisions: half the rows full, half reusing all but the first block
+    half = samples // 2
+    mixed_cache = torch.tensor([0] * half + [2] * (samples - half))
+    mixed = _median_times({"mixed": lambda: gen.model_call(rollout, rows, position, mixed_cache,
+                                                            torch.ones(samples))}, repeats)["mixed"]
+    results = []
+    for name, c, s in levels:
+        keep = SPARSE_ATTENTION.levels[s]
+        results.append({"knob": name.split("=")[0], "level": name.split("=")[1] if "=" in name else "-",
+                        "flops_fraction": cost.fraction(c, keep), "time_fraction": medians[name] / medians["full"],
+                        "seconds": medians[name]})
+    predicted = (half * medians["full"] + (samples - half) * medians["cache_reuse=all_but_first"]) / samples
+    results.append({"knob": "mixed batch (half full, half all_but_first)", "level": "-",
+                    "flops_fraction": (half + (samples - half) * cost.fraction(2)) / samples,
+                    "time_fraction": mixed / medians["full"], "seconds": mixed,
+                    "sum_of_rows_time_fraction": predicted / medians["full"]})
+    return results
+
+
+def _step_skip(gen, samples: int, repeats: int, num_steps: int) -> list[dict]:
+    """Step-skip levels: whole trajectories, model calls and time relative to full compute."""
+    conds, seeds = list(range(samples)), list(range(samples))
+    runs = {k: (lambda k=k: gen.sample(conds, seeds, num_steps=num_steps, decisions=[k, 0, 0]))
+            for k in (0, 1, 2)}
+    medians = _median_times(runs, repeats, warmup=0)
+    out = []
+    for k in (1, 2):
+        _, stats = runs[k]()
+        out.append({"knob": "step_skip", "level": str(k), "flops_fraction": float(stats["flops_fraction"].mean()),
+                    "time_fraction": medians[k] / medians[0], "seconds": medians[k],
+                    "model_calls": int(stats["model_calls"][0]), "num_steps": num_steps})
+    return out
+
+
+def _attention(gen, repeats: int) -> list[dict]:
+    """Attention alone at the model's first block's shapes: dense vs block-sparse."""
+    cost = gen.step_cost()
+    heads, n, d = cost.attention[0][0]
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, heads, n, d) for _ in range(3))
+    text_first = gen.family.text_first
+    fns = {"dense": lambda: F.scaled_dot_product_attention(q, k, v)}
+    for keep in SPARSE_ATTENTION.levels[1:]:
+        fns[keep] = lambda keep=keep: block_sparse_attention(q, k, v, cost.text_len, text_first, keep)
+    medians = _median_times(fns, repeats)
+    return [{"keep": keep, "tokens": n, "flops_fraction": cost.attention_flops(0, keep) / cost.attention_flops(0),
+             "time_fraction": medians[keep] / medians["dense"], "speedup": medians["dense"] / medians[keep]}
+            for keep in SPARSE_ATTENTION.levels[1:]]
+
+
+def bench_knobs(models=DEFAULT_MODELS, repeats: int = 5, samples: int | None = None, progress: bool = True) -> dict:
+    """Run the benchmark; returns the JSON-ready result."""
+    from tqdm.auto import tqdm
+
+    result = {"command": "hasten knobs bench", "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+              "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, {platform.processor() or 'cpu'}",
+              "torch": torch.__version__, "repeats": repeats, "models": []}
+    bar = tqdm(models, desc="knobs bench", disable=not progress, dynamic_ncols=True)
+    for name in bar:
+        bar.set_postfix_str(name)
+        gen = load_bench_model(name)
+        small = name not in RANDOM_FLUX
+        n = samples or (8 if small else 1)
+        cost = gen.step_cost()
+        entry = {"model": name, "family": gen.family.name, "blocks": len(cost.linear),
+                 "image_tokens": gen.family.image_tokens(gen.transformer, gen.image_size, gen.image_size),
+                 "text_tokens": cost.text_len, "samples_per_call": n, "cfg_rows": 2 if gen.default_guidance != 1.0 else 1,
+                 "gflops_per_row_call": cost.full() / 1e9}
+        entry["levels"] = _call_levels(gen, n, repeats)
+        if name != "flux-random-4096":  # 28 calls at 4096 tokens take minutes; calls are arithmetic
+            entry["levels"] += _step_skip(gen, n, max(1, repeats // 2) if small else 1, num_steps=28)
+        entry["attention"] = _attention(gen, repeats)
+        gen.detach_knobs()
+        result["models"].append(entry)
+    return result
+
+
+def markdown(result: dict) -> str:
+    """The benchmark as markdown tables (one per model)."""
+    lines = [f"Knob costs — `{result['command']}`, {result['date']}, {result['machine']}, torch {result['torch']}, "
+             f"median of {result['repeats']} interleaved repeats.", ""]
+    for m in result["models"]:
+        lines += [f"**{m['model']}** ({m['family']}, {m['blocks']} blocks, {m['image_tokens']} image + "
+                  f"{m['text_tokens']} text tokens, {m['samples_per_call']} sample(s) x {m['cfg_rows']} CFG rows, "
+                  f"{m['gflops_per_row_call']:.2f} GFLOPs per row-call)", "",
+                  "| knob | level | FLOPs fraction | time fraction | notes |", "|---|---|---:|---:|---|"]
+        for lv in m["levels"]:
+            note = ""
+            if "model_calls" in lv:
+                note = f"{lv['model_calls']} model calls of {lv['num_steps']}"
+            if "sum_of_rows_time_fraction" in lv:
+                note = f"sum of its rows: {lv['sum_of_rows_time_fraction']:.3f}"
+            lines.append(f"| {lv['knob']} | {lv['level']} | {lv['flops_fraction']:.3f} | {lv['time_fraction']:.3f} | {note} |")
+        lines += ["", "| attention alone | tokens | FLOPs fraction | time fraction | speedup |", "|---|---:|---:|---:|---:|"]
+        for a in m["attention"]:
+            lines.append(f"| keep {a['keep']} | {a['tokens']} | {a['flops_fraction']:.3f} | {a['time_fraction']:.3f} | "
+                         f"{a['speedup']:.2f}x |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def parse_models(text: str) -> tuple[str, ...]:
+    models = tuple(m.strip() for m in text.split(",") if m.strip())
+    if not models:
+        raise HastenError(f"--models {text!r}: expected a comma-separated list, e.g. {','.join(DEFAULT_MODELS)}")
+    return models

@@ -1,0 +1,150 @@
+"""Analytic FLOPs of one model call, per row, as a function of the knob levels.
+
+The counts come from the model's own layer shapes: one traced forward at batch 1 records, per
+transformer block, the FLOPs of every linear layer and the shape of every attention call (and the
+FLOPs outside the blocks: embedders, final norm and projection). From those, the cost of a call
+with any cache-reuse level and sparse-attention keep ratio is arithmetic, no timing involved.
+:mod:`hasten.generators.bench` checks these fractions against measured time.
+
+Example:
+    >>> from diffusers import FluxTransformer2DModel
+    >>> import torch
+    >>> model = FluxTransformer2DModel(patch_size=1, in_channels=4, num_layers=1, num_single_layers=1,
+    ...                                attention_head_dim=8, num_attention_heads=2, joint_attention_dim=16,
+    ...                                pooled_projection_dim=16, axes_dims_rope=(2, 2, 4))
+    >>> cost = StepCost.trace(model, image_size=8, channels=1, text_tokens=2, token_dim=16, pooled_dim=16)
+    >>> round(cost.fraction(cache_level=0, keep=1.0), 3)
+    1.0
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+from hasten.generators.families import family_of
+from hasten.generators.knobs import sdpa_arguments, sparse_block_size
+
+
+@dataclass
+class StepCost:
+    """FLOPs per row of one model call (one CFG branch).
+
+    Attributes:
+        overhead: FLOPs outside the transformer blocks.
+        linear: per block, FLOPs of its linear layers.
+        attention: per block, (heads, tokens, head_dim) of each attention call.
+        text_len: text tokens inside joint attention (they stay dense under sparse attention).
+        reuse_from: first reused block for each cache-reuse level (see ``KnobState``).
+    """
+
+    overhead: float
+    linear: list[float]
+    attention: list[list[tuple[int, int, int]]]
+    text_len: int
+    reuse_from: tuple[int, ...] = field(default=())
+
+    def __post_init__(self):
+        n = len(self.linear)
+        if not self.reuse_from:
+            self.reuse_from = (n, max(1, n // 2), 1)
+
+    @classmethod
+    @torch.no_grad()
+    def trace(cls, transformer, image_size: int, channels: int, text_tokens: int, token_dim: int,
+              pooled_dim: int) -> "StepCost":
+        """Count the FLOPs of one batch-1 forward of ``transformer`` at this resolution."""
+        family = family_of(transformer)
+        blocks = family.blocks(transformer)
+        counter = _FlopCounter(len(blocks))
+        handles = []
+        for i, block in enumerate(blocks):
+            handles.append(block.register_forward_pre_hook(lambda m, a, i=i: counter.enter(i)))
+            handles.append(block.register_forward_hook(lambda m, a, o: counter.leave()))
+        x = torch.zeros(1, channels, image_size, image_size)
+        try:
+            with counter:
+                family.velocity(transformer, x, torch.full((1,), 0.5), torch.zeros(1, text_tokens, token_dim),
+                                torch.zeros(1, pooled_dim))
+        finally:
+            for h in handles:
+                h.remove()
+        return cls(overhead=counter.overhead, linear=counter.linear, attention=counter.attention,
+                   text_len=text_tokens)
+
+    def attention_flops(self, block: int, keep: float = 1.0) -> float:
+        """FLOPs of block ``block``'s attention (QK^T and AV) with ``keep`` of the image key blocks."""
+        total = 0.0
+        for heads, n, d in self.attention[block]:
+            if keep >= 1.0:
+                total += 4.0 * heads * n * n * d
+                continue
+            t, ni = self.text_len, n - self.text_len
+            bs = sparse_block_size(ni)
+            nb = ni // bs
+            m = max(1, int(round(keep * nb)))
+            total += 4.0 * heads * d * (t * n + ni * (t + m * bs)) + 2.0 * heads * d * nb * nb
+        return total
+
+    def block_flops(self, block: int, keep: float = 1.0) -> float:
+        return self.linear[block] + self.attention_flops(block, keep)
+
+    def full(self) -> float:
+        """FLOPs of a plain model call."""
+        return self.overhead + sum(self.block_flops(i) for i in range(len(self.linear)))
+
+    def flops(self, cache_level: int = 0, keep: float = 1.0) -> float:
+        """FLOPs of one call that computes the blocks before ``reuse_from[cache_level]`` at ``keep``."""
+        computed = self.reuse_from[cache_level]
+        return self.overhead + sum(self.block_flops(i, keep) for i in range(computed))
+
+    def fraction(self, cache_level: int = 0, keep: float = 1.0) -> float:
+        """:meth:`flops` as a fraction of a plain call."""
+        return self.flops(cache_level, keep) / self.full()
+
+
+class _FlopCounter(TorchFunctionMode):
+    """Counts linear/conv FLOPs and records attention shapes, attributed to the current block."""
+
+    def __init__(self, num_blocks: int):
+        super().__init__()
+        self.block: int | None = None
+        self.overhead = 0.0
+        self.linear = [0.0] * num_blocks
+        self.attention: list[list[tuple[int, int, int]]] = [[] for _ in range(num_blocks)]
+
+    def enter(self, i):
+        self.block = i
+
+    def leave(self):
+        self.block = None
+
+    def _add(self, flops: float):
+        if self.block is None:
+            self.overhead += flops
+        else:
+            self.linear[self.block] += flops
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if func is F.linear:
+            x = args[0] if args else kwargs["input"]
+            w = args[1] if len(args) > 1 else kwargs["weight"]
+            self._add(2.0 * (x.numel() // w.shape[1]) * w.shape[0] * w.shape[1])
+        elif func is F.conv2d:
+            w = args[1] if len(args) > 1 else kwargs["weight"]
+            self._add(2.0 * out.numel() * math.prod(w.shape[1:]))
+        elif func is F.scaled_dot_product_attention:
+            call = sdpa_arguments(args, kwargs)
+            q, k = call["query"], call["key"]
+            heads = math.prod(q.shape[1:-2])
+            if self.block is None:
+                self.overhead += 4.0 * heads * q.shape[-2] * k.shape[-2] * q.shape[-1]
+            else:
+                self.attention[self.block].append((heads, q.shape[-2], q.shape[-1]))
+        return out

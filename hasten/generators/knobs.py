@@ -1,0 +1,371 @@
+"""The three acceleration knobs, applied per row on a frozen diffusers DiT.
+
+- Step-Skip (sampler level, see :mod:`hasten.generators.adapter`): a row jumps over ``k`` further
+  schedule intervals with its current velocity.
+- Cache-Reuse: a row runs only its leading blocks and adds the residual of the remaining blocks
+  cached at its last full computation (levels: all blocks / reuse the deeper half / reuse all but
+  the first block).
+- Sparse-Attention: inside computed blocks, each image query block attends to the text tokens and
+  to the top ``keep`` fraction of image key blocks, ranked by pooled ``q . k``; keys are gathered,
+  so FLOPs and time really drop.
+
+Rows that skip a block are not sent through it: a block hook gathers the computing rows, calls the
+block on them and scatters the result back. Everything attaches through diffusers' own machinery
+(``HookRegistry`` hooks on the blocks, wrapped attention processors) and :func:`detach_knobs`
+restores the transformer exactly.
+
+Example:
+    >>> import torch
+    >>> from diffusers import FluxTransformer2DModel
+    >>> model = FluxTransformer2DModel(patch_size=1, in_channels=4, num_layers=1, num_single_layers=1,
+    ...                                attention_head_dim=8, num_attention_heads=2, joint_attention_dim=16,
+    ...                                pooled_projection_dim=16, axes_dims_rope=(2, 2, 4))
+    >>> state = attach_knobs(model)
+    >>> state.num_blocks, state.reuse_from
+    (2, (2, 1, 1))
+    >>> detach_knobs(model)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from diffusers.hooks import HookRegistry, ModelHook
+from torch.overrides import TorchFunctionMode
+
+from hasten.errors import HastenError
+from hasten.generators.families import DiTFamily, family_of
+
+HOOK_NAME = "hasten_knobs"
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One knob: its name and the values of its levels (level 0 = no acceleration)."""
+
+    name: str
+    levels: tuple
+    meaning: str
+
+
+STEP_SKIP = Knob("step_skip", (0, 1, 2), "extra schedule intervals jumped with the current velocity")
+CACHE_REUSE = Knob("cache_reuse", ("none", "deep_half", "all_but_first"),
+                   "blocks whose residual is reused from the row's last full computation")
+SPARSE_ATTENTION = Knob("sparse_attention", (1.0, 0.5, 0.25), "fraction of image key blocks kept")
+KNOBS: tuple[Knob, ...] = (STEP_SKIP, CACHE_REUSE, SPARSE_ATTENTION)
+
+
+def validate_decisions(decisions, rows: int | None = None) -> np.ndarray:
+    """Check an integer array (..., 3) of (step_skip, cache_reuse, sparse_attention) levels.
+
+    Returns it as int64; raises :class:`HastenError` naming the knob and the allowed levels.
+    """
+    array = np.asarray(decisions.detach().cpu() if isinstance(decisions, torch.Tensor) else decisions)
+    if array.ndim == 0 or array.shape[-1] != len(KNOBS):
+        raise HastenError(f"decisions of shape {tuple(array.shape)}: expected (..., {len(KNOBS)}) levels of "
+                          f"({', '.join(k.name for k in KNOBS)})")
+    if rows is not None and (array.ndim < 2 or array.shape[0] != rows):
+        raise HastenError(f"decisions of shape {tuple(array.shape)}: expected ({rows}, ..., {len(KNOBS)}), "
+                          "one row per sample")
+    if array.dtype.kind not in "biuf":
+        raise HastenError(f"decisions of dtype {array.dtype}: expected integer levels")
+    for j, knob in enumerate(KNOBS):
+        column = array[..., j]
+        allowed = f"levels 0..{len(knob.levels) - 1} ({', '.join(map(str, knob.levels))})"
+        if array.dtype.kind == "f" and not np.all(np.isfinite(column)):
+            raise HastenError(f"{knob.name}: decisions contain NaN or inf; expected {allowed}")
+        if np.any(column != np.round(column)) or column.min(initial=0) < 0 or column.max(initial=0) >= len(knob.levels):
+            bad = column[(column != np.round(column)) | (column < 0) | (column >= len(knob.levels))].flat[0]
+            raise HastenError(f"{knob.name}: level {bad} is out of range; expected {allowed}")
+    return array.astype(np.int64)
+
+
+class RowCache:
+    """Per-row cached residuals of the cache-reuse knob, one tensor per reuse boundary.
+
+    Owned by a rollout, so several rollouts can share one attached transformer.
+    """
+
+    def __init__(self, max_rows: int):
+        self.max_rows = max_rows
+        self.residuals: dict[int, torch.Tensor] = {}
+        self.filled = torch.zeros(max_rows, dtype=torch.bool)
+
+    def store(self, boundary: int, ids: torch.Tensor, residual: torch.Tensor) -> None:
+        if boundary not in self.residuals:
+            self.residuals[boundary] = residual.new_zeros((self.max_rows, *residual.shape[1:]))
+        self.residuals[boundary][ids] = residual
+
+
+class KnobState:
+    """State shared by the hooks of one attached transformer.
+
+    Before each knob-driven transformer call the sampler gives the ids of the rows in the call (CFG
+    branches are distinct rows), their rollout's :class:`RowCache` and each row's cache-reuse and
+    sparse-attention levels; :meth:`clear_call` afterwards makes the hooks inert again.
+    """
+
+    def __init__(self, family: DiTFamily, num_blocks: int):
+        self.family = family
+        self.num_blocks = num_blocks
+        # first block whose residual is reused, per cache level; num_blocks = compute everything
+        self.reuse_from = (num_blocks, max(1, num_blocks // 2), 1)
+        self.boundaries = sorted(set(self.reuse_from) - {num_blocks})
+        self.cache: RowCache | None = None
+        self.row_ids: torch.Tensor | None = None
+        self.start: torch.Tensor | None = None  # (rows,) first reused block per row of the call
+        self.keep: torch.Tensor | None = None  # (rows,) kept fraction of key blocks
+        self.keep_now: torch.Tensor | None = None  # keep of the rows inside the current block call
+        self.text_len = 0
+        self._boundary_inputs: dict[int, torch.Tensor] = {}
+
+    def set_call(self, cache: RowCache, row_ids: torch.Tensor, cache_levels: torch.Tensor,
+                 keep: torch.Tensor) -> torch.Tensor:
+        """Prepare the next transformer call; returns the effective cache levels.
+
+        A row without a cached residual yet (its first call) computes every block.
+        """
+        if row_ids.numel() and int(row_ids.max()) >= cache.max_rows:
+            raise HastenError(f"row id {int(row_ids.max())} outside the rollout's cache of {cache.max_rows} rows")
+        cache_levels = torch.where(cache.filled[row_ids], cache_levels, torch.zeros_like(cache_levels))
+        self.cache = cache
+        self.row_ids = row_ids
+        self.start = torch.tensor(self.reuse_from)[cache_levels]
+        self.keep = keep.float()
+        self._boundary_inputs.clear()
+        return cache_levels
+
+    def clear_call(self) -> None:
+        self.cache = self.row_ids = self.start = self.keep = self.keep_now = None
+        self._boundary_inputs.clear()
+
+
+class KnobBlockHook(ModelHook):
+    """A diffusers ``ModelHook`` on block ``index``: runs only the rows that compute this block."""
+
+    def __init__(self, index: int, state: KnobState):
+        super().__init__()
+        self.index = index
+        self.state = state
+
+    def new_forward(self, module, *args, **kwargs):
+        state, i = self.state, self.index
+        original = self.fn_ref.original_forward
+        if args:
+            raise HastenError(f"block {i}: expected keyword arguments (hidden_states=..., ...), "
+                              "as diffusers' FluxTransformer2DModel and SD3Transformer2DModel call blocks")
+        if state.start is None:  # not inside a knob-driven call: behave as the plain block
+            return original(*args, **kwargs)
+        hidden, context = kwargs["hidden_states"], kwargs["encoder_hidden_states"]
+        state.text_len = context.shape[1]
+        full = state.start == state.num_blocks
+        if i in state.boundaries and bool(full.any()):
+            state._boundary_inputs[i] = hidden[full]
+        compute = state.start > i
+        if bool(compute.all()):
+            state.keep_now = state.keep
+            context, hidden = original(**kwargs)
+        elif bool(compute.any()):
+            rows = compute.nonzero().squeeze(1)
+            sub = dict(kwargs)
+            for key in ("hidden_states", "encoder_hidden_states", "temb"):
+                sub[key] = kwargs[key][rows]
+            state.keep_now = state.keep[rows]
+            sub_context, sub_hidden = original(**sub)
+            hidden = hidden.index_copy(0, rows, sub_hidden)
+            context = None if sub_context is None else context.index_copy(0, rows, sub_context)
+        state.keep_now = None
+        if i == state.num_blocks - 1:
+            hidden = self._finish(hidden, full)
+        return context, hidden
+
+    def _finish(self, hidden, full):
+        """Last block: cache the residuals of full rows; add cached residuals to reusing rows."""
+        state, cache = self.state, self.state.cache
+        ids = state.row_ids
+        if bool(full.any()):
+            for b in state.boundaries:
+                cache.store(b, ids[full], hidden[full] - state._boundary_inputs[b])
+            cache.filled[ids[full]] = True
+        reuse = ~full
+        if bool(reuse.any()):
+            hidden = hidden.clone()
+            for b in state.boundaries:
+                rows = (state.start == b).nonzero().squeeze(1)
+                if rows.numel():
+                    hidden[rows] = hidden[rows] + cache.residuals[b][ids[rows]]
+        return hidden
+
+
+
+# ------------------------------------------------------------------------------ sparse attention
+def sparse_block_size(image_tokens: int) -> int:
+    """Key/query block size: 64 at large token counts, smaller so that there are >= 8 blocks."""
+    size = 64
+    while size > 8 and image_tokens // size < 8:
+        size //= 2
+    while image_tokens % size:
+        size //= 2
+    return max(size, 1)
+
+
+def block_sparse_attention(q, k, v, text_len: int, text_first: bool, keep: float, block_size: int | None = None):
+    """Attention in which each image query block sees the text tokens and its top image key blocks.
+
+    Args:
+        q, k, v: (B, H, N, d) with N = text_len + image tokens, text first or last.
+        keep: fraction of image key blocks kept per query block (1.0 = dense attention).
+
+    Text queries stay dense (they are few). Key blocks are ranked by the dot product of mean-pooled
+    query and key blocks; the query block's own (diagonal) block is always kept. Kept blocks are
+    gathered, so the attention itself costs about ``keep`` of the dense image-image part.
+    """
+    if keep >= 1.0:
+        return F.scaled_dot_product_attention(q, k, v)
+    b, h, n, d = q.shape
+    ni = n - text_len
+    image = slice(text_len, n) if text_first else slice(0, ni)
+    text = slice(0, text_len) if text_first else slice(ni, n)
+    bs = block_size or sparse_block_size(ni)
+    nb = ni // bs
+    m = max(1, int(round(keep * nb)))
+    qb = q[:, :, image].reshape(b, h, nb, bs, d)
+    kb = k[:, :, image].reshape(b, h, nb, bs, d)
+    vb = v[:, :, image].reshape(b, h, nb, bs, d)
+    score = qb.mean(3) @ kb.mean(3).transpose(-1, -2)  # (B, H, nb, nb)
+    score.diagonal(dim1=-2, dim2=-1).fill_(math.inf)
+    chosen = score.topk(m, dim=-1).indices  # (B, H, nb, m)
+    bi = torch.arange(b, device=q.device)[:, None, None, None]
+    hi = torch.arange(h, device=q.device)[None, :, None, None]
+    k_sel = kb[bi, hi, chosen].reshape(b, h, nb, m * bs, d)
+    v_sel = vb[bi, hi, chosen].reshape(b, h, nb, m * bs, d)
+    if text_len:
+        kt = k[:, :, text].unsqueeze(2).expand(b, h, nb, text_len, d)
+        vt = v[:, :, text].unsqueeze(2).expand(b, h, nb, text_len, d)
+        k_sel, v_sel = torch.cat([kt, k_sel], dim=3), torch.cat([vt, v_sel], dim=3)
+    out_image = F.scaled_dot_product_attention(qb, k_sel, v_sel).reshape(b, h, ni, d)
+    if not text_len:
+        return out_image
+    out_text = F.scaled_dot_product_attention(q[:, :, text], k, v)
+    parts = [out_text, out_image] if text_first else [out_image, out_text]
+    return torch.cat(parts, dim=2)
+
+
+_SDPA_ARGS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
+
+
+def sdpa_arguments(args, kwargs) -> dict:
+    """The arguments of an ``F.scaled_dot_product_attention`` call by name, however it was called."""
+    return {**dict(zip(_SDPA_ARGS, args)), **kwargs}
+
+
+class _SparseSDPA(TorchFunctionMode):
+    """Replaces ``F.scaled_dot_product_attention`` inside one processor call by the per-row sparse one."""
+
+    def __init__(self, state: KnobState, keep: torch.Tensor):
+        super().__init__()
+        self.state = state
+        self.keep = keep
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is not F.scaled_dot_product_attention:
+            return func(*args, **kwargs)
+        call = sdpa_arguments(args, kwargs)
+        q, k, v = call.pop("query"), call.pop("key"), call.pop("value")
+        extra = {key: value for key, value in call.items() if value is not None and value is not False
+                 and not (isinstance(value, float) and value == 0.0)}
+        if set(extra) - {"scale"} or extra.get("scale") not in (None, q.shape[-1] ** -0.5):
+            raise HastenError("sparse attention: the attention processor passed a mask or dropout; "
+                              "only plain joint attention is supported")
+        out = torch.empty_like(q)
+        for value in torch.unique(self.keep).tolist():
+            rows = (self.keep == value).nonzero().squeeze(1)
+            out[rows] = block_sparse_attention(q[rows], k[rows], v[rows], self.state.text_len,
+                                               self.state.family.text_first, value)
+        return out
+
+
+class SparseAttentionProcessor:
+    """Wraps a block's own attention processor; with sparsity requested, its attention is sparse.
+
+    The wrapped processor does every projection, norm and rotary embedding as before; only its call
+    to ``F.scaled_dot_product_attention`` is replaced, per row, by :func:`block_sparse_attention`.
+    """
+
+    def __init__(self, inner, state: KnobState):
+        self.inner = inner
+        self.state = state
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
+                 image_rotary_emb=None, **kwargs):
+        extra = dict(kwargs)
+        if encoder_hidden_states is not None:
+            extra["encoder_hidden_states"] = encoder_hidden_states
+        if attention_mask is not None:
+            extra["attention_mask"] = attention_mask
+        if image_rotary_emb is not None:
+            extra["image_rotary_emb"] = image_rotary_emb
+        keep = self.state.keep_now
+        if keep is None or bool((keep >= 1.0).all()):
+            return self.inner(attn, hidden_states, **extra)
+        with _SparseSDPA(self.state, keep):
+            return self.inner(attn, hidden_states, **extra)
+
+
+# ------------------------------------------------------------------------------ attach / detach
+def _attention_modules(block: nn.Module) -> list[nn.Module]:
+    return [m for name, m in block.named_children() if name in ("attn", "attn2") and m is not None
+            and hasattr(m, "processor")]
+
+
+def attach_knobs(transformer: nn.Module) -> KnobState:
+    """Attach the cache-reuse and sparse-attention knobs; returns the shared :class:`KnobState`.
+
+    The hooks are inert (the plain block runs) unless a call was prepared with
+    :meth:`KnobState.set_call`.
+    """
+    if getattr(transformer, "_hasten_knobs", None) is not None:
+        raise HastenError("knobs are already attached to this transformer; detach_knobs() first")
+    family = family_of(transformer)
+    blocks = family.blocks(transformer)
+    state = KnobState(family, len(blocks))
+    for i, block in enumerate(blocks):
+        HookRegistry.check_if_exists_or_initialize(block).register_hook(KnobBlockHook(i, state), HOOK_NAME)
+        for attn in _attention_modules(block):
+            attn.processor = SparseAttentionProcessor(attn.processor, state)
+    transformer._hasten_knobs = state
+    return state
+
+
+def detach_knobs(transformer: nn.Module) -> None:
+    """Remove every hook and processor wrapper :func:`attach_knobs` added."""
+    state = getattr(transformer, "_hasten_knobs", None)
+    if state is None:
+        return
+    for block in state.family.blocks(transformer):
+        registry = getattr(block, "_diffusers_hook", None)
+        if registry is not None:
+            registry.remove_hook(HOOK_NAME, recurse=False)
+            if not registry.hooks:
+                del block._diffusers_hook
+        for attn in _attention_modules(block):
+            if isinstance(attn.processor, SparseAttentionProcessor):
+                attn.processor = attn.processor.inner
+    del transformer._hasten_knobs
+
+
+@contextlib.contextmanager
+def knobs_attached(transformer: nn.Module):
+    """``with knobs_attached(model) as state: ...`` — attached inside, exactly as before after."""
+    state = attach_knobs(transformer)
+    try:
+        yield state
+    finally:
+        detach_knobs(transformer)

@@ -1,0 +1,176 @@
+"""The acceleration knobs: exactness with knobs off, per-row independence, real skipping, detach."""
+
+import numpy as np
+import pytest
+import torch
+
+from hasten.errors import HastenError
+from hasten.generators.knobs import (KNOBS, attach_knobs, block_sparse_attention, detach_knobs,
+                                     validate_decisions)
+from hasten.generators.synthetic import random_generator
+from conftest import embedded_available
+
+CONDS = [0, 1, 2, 3, 1]
+SEEDS = [5, 6, 7, 8, 9]
+
+
+@pytest.fixture(scope="module", params=["flux", "sd3"])
+def generator(request):
+    if request.param == "flux":
+        return random_generator("flux", image_size=16, channels=3, num_layers=2, num_single_layers=2)
+    return random_generator("sd3", image_size=16, channels=4, num_layers=4)
+
+
+def random_decisions(n, steps, seed=0):
+    return np.random.default_rng(seed).integers(0, 3, size=(n, steps, len(KNOBS)))
+
+
+def test_knobs_off_reproduce_the_reference_sampler(generator):
+    reference, _ = generator.sample(CONDS, SEEDS)
+    out, stats = generator.sample(CONDS, SEEDS, decisions=[0, 0, 0])
+    assert (out - reference).abs().max() <= 1e-5
+    assert stats["model_calls"].tolist() == [generator.default_steps] * len(SEEDS)
+    np.testing.assert_allclose(stats["flops_fraction"], 1.0)
+
+
+def test_mixed_decisions_in_a_batch_equal_rows_one_at_a_time(generator):
+    decisions = random_decisions(len(SEEDS), generator.default_steps)
+    batch, stats = generator.sample(CONDS, SEEDS, decisions=decisions)
+    for i, (c, s) in enumerate(zip(CONDS, SEEDS)):
+        alone, alone_stats = generator.sample([c], [s], decisions=decisions[i:i + 1])
+        assert (batch[i] - alone[0]).abs().max() <= 1e-5, f"row {i}"
+        assert alone_stats["flops_fraction"][0] == pytest.approx(stats["flops_fraction"][i])
+    assert (stats["flops_fraction"] < 1).all()
+
+
+def test_every_knob_changes_the_result_and_cuts_flops(generator):
+    reference, _ = generator.sample(CONDS[:2], SEEDS[:2])
+    for knob in range(len(KNOBS)):
+        levels = [0, 0, 0]
+        levels[knob] = 2
+        out, stats = generator.sample(CONDS[:2], SEEDS[:2], decisions=levels)
+        assert (out - reference).abs().max() > 1e-4, KNOBS[knob].name
+        assert (stats["flops_fraction"] < 1).all(), KNOBS[knob].name
+
+
+def test_step_skip_one_halves_the_model_calls(generator):
+    _, stats = generator.sample(CONDS[:2], SEEDS[:2], num_steps=28, decisions=[1, 0, 0])
+    assert stats["model_calls"].tolist() == [14, 14]
+    np.testing.assert_allclose(stats["flops_fraction"], 0.5)
+    _, stats = generator.sample(CONDS[:1], SEEDS[:1], num_steps=28, decisions=[2, 0, 0])
+    assert stats["model_calls"].tolist() == [10]
+
+
+def test_rows_that_reuse_the_cache_are_not_sent_through_skipped_blocks(generator):
+    blocks = generator.family.blocks(generator.transformer)
+    seen = [[] for _ in blocks]
+    # the block's attention sees the rows the block really computes (the hook gathers them first)
+    def record(i):
+        return lambda m, args, kwargs: seen[i].append((kwargs.get("hidden_states", args[0] if args else None)).shape[0])
+
+    handles = [b.attn.register_forward_pre_hook(record(i), with_kwargs=True) for i, b in enumerate(blocks)]
+    try:
+        rollout = generator.start(CONDS[:3], SEEDS[:3], num_steps=4)
+        generator.step(rollout, np.zeros((3, 3), dtype=int))  # first call: everything computed
+        for s in seen:
+            s.clear()
+        # row 0 computes all, row 1 reuses the deep half, row 2 reuses all but the first block
+        spent = generator.step(rollout, np.array([[0, 0, 0], [0, 1, 0], [0, 2, 0]]))
+    finally:
+        for h in handles:
+            h.remove()
+    cfg = 2  # both guidance branches
+    half = generator.step_cost().reuse_from[1]
+    expected = [3 * cfg if i == 0 else (2 * cfg if i < half else cfg) for i in range(len(blocks))]
+    assert [s[0] for s in seen] == expected
+    assert spent[0] == pytest.approx(1.0) and spent[2] < spent[1] < 1.0
+    assert rollout.decisions[:, 1, 1].tolist() == [0, 1, 2]
+
+
+def test_a_rows_first_call_computes_every_block(generator):
+    rollout = generator.start(CONDS[:2], SEEDS[:2], num_steps=4)
+    spent = generator.step(rollout, np.array([[0, 2, 0], [0, 1, 0]]))
+    assert rollout.decisions[:, 0, 1].tolist() == [0, 0]
+    np.testing.assert_allclose(spent.numpy(), 1.0)
+
+
+def test_detach_leaves_the_model_exactly_as_before(generator):
+    generator.detach_knobs()  # earlier tests left them attached (inert)
+    x = generator.noise([3, 4])
+    sigma = torch.tensor([0.7, 0.7])
+    labels = torch.tensor([0, 1])
+    before = generator.velocity(x, sigma, labels, 3.0)
+    processors = [type(m.processor) for m in generator.transformer.modules() if hasattr(m, "processor")]
+    generator.sample(CONDS, SEEDS, decisions=random_decisions(len(SEEDS), generator.default_steps, 1))
+    generator.detach_knobs()
+    after = generator.velocity(x, sigma, labels, 3.0)
+    assert torch.equal(before, after)
+    assert [type(m.processor) for m in generator.transformer.modules() if hasattr(m, "processor")] == processors
+    assert not any(hasattr(m, "_diffusers_hook") for m in generator.transformer.modules())
+
+
+def test_attaching_twice_is_an_error():
+    gen = random_generator("flux")
+    attach_knobs(gen.transformer)
+    with pytest.raises(HastenError, match="already attached"):
+        attach_knobs(gen.transformer)
+    detach_knobs(gen.transformer)
+
+
+@pytest.mark.parametrize("bad, message", [
+    ([0, 3, 0], r"cache_reuse: level 3 is out of range; expected levels 0..2"),
+    ([-1, 0, 0], r"step_skip: level -1 is out of range"),
+    ([0, 0, float("nan")], r"sparse_attention: decisions contain NaN"),
+    ([0, 0, 0.5], r"sparse_attention: level 0.5 is out of range"),
+    ([0, 0], r"expected \(\.\.\., 3\) levels of \(step_skip, cache_reuse, sparse_attention\)"),
+    (np.zeros((4, 3)), r"expected \(5, 6, 3\)|one row per sample|expected \(3,\), \(5, 3\)"),
+])
+def test_invalid_decisions_name_the_knob_and_the_allowed_levels(bad, message):
+    gen = random_generator("flux")
+    with pytest.raises(HastenError, match=message):
+        gen.sample(CONDS, SEEDS, decisions=bad)
+
+
+def test_step_checks_one_decision_row_per_sample():
+    gen = random_generator("flux")
+    rollout = gen.start(CONDS[:2], SEEDS[:2])
+    with pytest.raises(HastenError, match="one row per sample"):
+        gen.step(rollout, np.zeros((3, 3), dtype=int))
+    assert validate_decisions([[0, 1, 2]]).dtype == np.int64
+
+
+@pytest.mark.parametrize("text_first", [True, False])
+def test_block_sparse_attention_is_dense_when_all_blocks_are_kept(text_first):
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 4 + 64, 8) for _ in range(3))
+    dense = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    # keep=0.999 takes the sparse path but keeps every block
+    assert torch.allclose(block_sparse_attention(q, k, v, 4, text_first, 0.999), dense, atol=1e-5)
+    sparse = block_sparse_attention(q, k, v, 4, text_first, 0.25)
+    assert sparse.shape == dense.shape and not torch.allclose(sparse, dense, atol=1e-3)
+    text = slice(0, 4) if text_first else slice(64, 68)
+    assert torch.allclose(sparse[:, :, text], dense[:, :, text], atol=1e-6)  # text queries stay dense
+
+
+def test_analytic_cost_follows_the_levels(generator):
+    cost = generator.step_cost()
+    assert cost.fraction(0, 1.0) == pytest.approx(1.0)
+    assert cost.fraction(2, 1.0) < cost.fraction(1, 1.0) < 1.0
+    assert cost.fraction(0, 0.25) < cost.fraction(0, 0.5) < 1.0
+    assert cost.flops(2) == pytest.approx(cost.overhead + cost.block_flops(0))
+
+
+@pytest.mark.skipif(not embedded_available(), reason="embedded generator not shipped in this checkout")
+def test_embedded_generator_knobs_off_and_mixed_rows():
+    from hasten.generators import load_generator
+
+    gen = load_generator("embedded:shapes")
+    conds, seeds = ["red circle", "blue plus", "green square"], [0, 1, 2]
+    reference, _ = gen.sample(conds, seeds, num_steps=8)
+    out, _ = gen.sample(conds, seeds, num_steps=8, decisions=[0, 0, 0])
+    assert (out - reference).abs().max() <= 1e-5
+    decisions = random_decisions(3, 8, seed=3)
+    batch, _ = gen.sample(conds, seeds, num_steps=8, decisions=decisions)
+    for i in range(3):
+        alone, _ = gen.sample(conds[i:i + 1], seeds[i:i + 1], num_steps=8, decisions=decisions[i:i + 1])
+        assert (batch[i] - alone[0]).abs().max() <= 1e-5

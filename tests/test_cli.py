@@ -12,7 +12,7 @@ from hasten.cli import main
 from conftest import TINY
 
 COMMANDS = [[], ["generator"], ["generator", "train"], ["generator", "train-classifier"],
-            ["generator", "eval"], ["generator", "info"], ["sample"]]
+            ["generator", "eval"], ["generator", "info"], ["sample"], ["knobs"], ["knobs", "bench"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "hasten")
@@ -117,3 +117,24 @@ def test_generator_train_command_end_to_end(tmp_path):
     again = run_cli("generator", "train", "--config", str(config), "--out", str(tmp_path / "run"),
                     "--resume", "--quiet")
     assert again.returncode == 0, again.stderr
+
+
+def test_knobs_bench_reports_every_level(tiny_generator_dir, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["knobs", "bench", "--models", tiny_generator_dir, "--repeats", "1", "--samples", "2",
+                 "--quiet", "--json", str(out), "--markdown", str(tmp_path / "bench.md")]) == 0
+    result = json.loads(out.read_text())
+    (model,) = result["models"]
+    levels = {(lv["knob"], lv["level"]): lv for lv in model["levels"]}
+    assert set(levels) >= {("full", "-"), ("cache_reuse", "deep_half"), ("cache_reuse", "all_but_first"),
+                           ("sparse_attention", "0.5"), ("sparse_attention", "0.25"), ("step_skip", "1"),
+                           ("step_skip", "2")}
+    assert levels[("step_skip", "1")]["model_calls"] == 14
+    assert levels[("cache_reuse", "all_but_first")]["flops_fraction"] <= levels[("cache_reuse", "deep_half")]["flops_fraction"] < 1
+    assert all(lv["time_fraction"] > 0 for lv in model["levels"])
+    assert "| cache_reuse | all_but_first |" in capsys.readouterr().out
+    assert (tmp_path / "bench.md").read_text().startswith("Knob costs")
+
+
+def test_knobs_bench_unknown_model_is_a_one_line_error():
+    assert_one_line_error(run_cli("knobs", "bench", "--models", "no/such/model"), "no/such/model")

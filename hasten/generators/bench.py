@@ -9,7 +9,8 @@ decisions against the sum of its rows.
 
 Models: ``embedded:shapes`` (or any generator folder) and random-weight FLUX-architecture configs
 ``flux-random-1024`` / ``flux-random-4096`` (image tokens; 128 text tokens, 2 double + 4 single
-blocks of 4 heads x 64, single guidance branch as the guidance-distilled FLUX.1-dev).
+blocks of 4 heads x 64, single guidance branch as the guidance-distilled FLUX.1-dev; 2 samples
+per call).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from hasten.errors import HastenError
-from hasten.generators.knobs import CACHE_REUSE, SPARSE_ATTENTION, block_sparse_attention
+from hasten.generators.knobs import CACHE_REUSE, SPARSE_ATTENTION, Workspace, block_sparse_attention
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ def _median_times(functions: dict, repeats: int, warmup: int = 1) -> dict[str, f
 
 def _call_levels(gen, samples: int, repeats: int) -> list[dict]:
     """Cache-reuse and sparse-attention levels: one model call each on a primed rollout."""
-    rollout = gen.start(list(range(samples)), list(range(samples)))
+    rollout = gen.start([i % gen.num_classes for i in range(samples)], list(range(samples)))
     gen.step(rollout, np.zeros((samples, 3), dtype=int))  # fills every row's residual cache
     rows = torch.arange(samples)
     position = rollout.index.clone()
@@ -76,17 +77,19 @@ def _call_levels(gen, samples: int, repeats: int) -> list[dict]:
         return lambda: gen.model_call(rollout, rows, position, torch.full((samples,), c), keep)
 
     medians = _median_times({name: call(c, s) for name, c, s in levels}, repeats)
-    # a batch with mixed decisions: half the rows full, half reusing all but the first block
-    half = samples // 2
-    mixed_cache = torch.tensor([0] * half + [2] * (samples - half))
-    mixed = _median_times({"mixed": lambda: gen.model_call(rollout, rows, position, mixed_cache,
-                                                            torch.ones(samples))}, repeats)["mixed"]
     results = []
     for name, c, s in levels:
         keep = SPARSE_ATTENTION.levels[s]
         results.append({"knob": name.split("=")[0], "level": name.split("=")[1] if "=" in name else "-",
                         "flops_fraction": cost.fraction(c, keep), "time_fraction": medians[name] / medians["full"],
                         "seconds": medians[name]})
+    if samples < 2:
+        return results
+    # a batch with mixed decisions: half the rows full, half reusing all but the first block
+    half = samples // 2
+    mixed_cache = torch.tensor([0] * half + [2] * (samples - half))
+    mixed = _median_times({"mixed": lambda: gen.model_call(rollout, rows, position, mixed_cache,
+                                                            torch.ones(samples))}, repeats)["mixed"]
     predicted = (half * medians["full"] + (samples - half) * medians["cache_reuse=all_but_first"]) / samples
     results.append({"knob": "mixed batch (half full, half all_but_first)", "level": "-",
                     "flops_fraction": (half + (samples - half) * cost.fraction(2)) / samples,
@@ -97,7 +100,7 @@ def _call_levels(gen, samples: int, repeats: int) -> list[dict]:
 
 def _step_skip(gen, samples: int, repeats: int, num_steps: int) -> list[dict]:
     """Step-skip levels: whole trajectories, model calls and time relative to full compute."""
-    conds, seeds = list(range(samples)), list(range(samples))
+    conds, seeds = [i % gen.num_classes for i in range(samples)], list(range(samples))
     runs = {k: (lambda k=k: gen.sample(conds, seeds, num_steps=num_steps, decisions=[k, 0, 0]))
             for k in (0, 1, 2)}
     medians = _median_times(runs, repeats, warmup=0)
@@ -117,9 +120,10 @@ def _attention(gen, repeats: int) -> list[dict]:
     torch.manual_seed(0)
     q, k, v = (torch.randn(1, heads, n, d) for _ in range(3))
     text_first = gen.family.text_first
+    workspace = Workspace()  # as attached knobs keep one
     fns = {"dense": lambda: F.scaled_dot_product_attention(q, k, v)}
     for keep in SPARSE_ATTENTION.levels[1:]:
-        fns[keep] = lambda keep=keep: block_sparse_attention(q, k, v, cost.text_len, text_first, keep)
+        fns[keep] = lambda keep=keep: block_sparse_attention(q, k, v, cost.text_len, text_first, keep, workspace)
     medians = _median_times(fns, repeats)
     return [{"keep": keep, "tokens": n, "flops_fraction": cost.attention_flops(0, keep) / cost.attention_flops(0),
              "time_fraction": medians[keep] / medians["dense"], "speedup": medians["dense"] / medians[keep]}
@@ -133,12 +137,20 @@ def bench_knobs(models=DEFAULT_MODELS, repeats: int = 5, samples: int | None = N
     result = {"command": "hasten knobs bench", "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
               "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, {platform.processor() or 'cpu'}",
               "torch": torch.__version__, "repeats": repeats, "models": []}
+    from hasten.generators.registry import resolve_generator_path
+
+    for name in models:  # fail before any work on a name that is neither a random config nor a generator
+        if name not in RANDOM_FLUX:
+            try:
+                resolve_generator_path(name)
+            except HastenError as e:
+                raise HastenError(f"--models: {e}; or one of the random configs {', '.join(RANDOM_FLUX)}") from e
     bar = tqdm(models, desc="knobs bench", disable=not progress, dynamic_ncols=True)
     for name in bar:
         bar.set_postfix_str(name)
         gen = load_bench_model(name)
         small = name not in RANDOM_FLUX
-        n = samples or (8 if small else 1)
+        n = samples or (8 if small else 2)
         cost = gen.step_cost()
         entry = {"model": name, "family": gen.family.name, "blocks": len(cost.linear),
                  "image_tokens": gen.family.image_tokens(gen.transformer, gen.image_size, gen.image_size),
@@ -146,7 +158,7 @@ def bench_knobs(models=DEFAULT_MODELS, repeats: int = 5, samples: int | None = N
                  "gflops_per_row_call": cost.full() / 1e9}
         entry["levels"] = _call_levels(gen, n, repeats)
         if name != "flux-random-4096":  # 28 calls at 4096 tokens take minutes; calls are arithmetic
-            entry["levels"] += _step_skip(gen, n, max(1, repeats // 2) if small else 1, num_steps=28)
+            entry["levels"] += _step_skip(gen, n, max(1, (repeats + 1) // 2), num_steps=28)
         entry["attention"] = _attention(gen, repeats)
         gen.detach_knobs()
         result["models"].append(entry)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from hasten.generators.families import family_of
-from hasten.generators.knobs import sdpa_arguments, sparse_block_size
+from hasten.generators.knobs import SparseLayout, sdpa_arguments
 
 
 @dataclass
@@ -84,10 +84,10 @@ class StepCost:
                 total += 4.0 * heads * n * n * d
                 continue
             t, ni = self.text_len, n - self.text_len
-            bs = sparse_block_size(ni)
-            nb = ni // bs
-            m = max(1, int(round(keep * nb)))
-            total += 4.0 * heads * d * (t * n + ni * (t + m * bs)) + 2.0 * heads * d * nb * nb
+            layout = SparseLayout.for_tokens(ni)
+            kept = layout.kept_blocks(keep) * layout.key_block
+            total += 4.0 * heads * d * (t * n + ni * (t + kept))
+            total += 2.0 * heads * d * layout.query_blocks * layout.key_blocks  # block scores
         return total
 
     def block_flops(self, block: int, keep: float = 1.0) -> float:

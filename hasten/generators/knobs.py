@@ -123,6 +123,7 @@ class KnobState:
         self.keep: torch.Tensor | None = None  # (rows,) kept fraction of key blocks
         self.keep_now: torch.Tensor | None = None  # keep of the rows inside the current block call
         self.text_len = 0
+        self.workspace = Workspace()
         self._boundary_inputs: dict[int, torch.Tensor] = {}
 
     def set_call(self, cache: RowCache, row_ids: torch.Tensor, cache_levels: torch.Tensor,
@@ -205,54 +206,120 @@ class KnobBlockHook(ModelHook):
 
 
 # ------------------------------------------------------------------------------ sparse attention
-def sparse_block_size(image_tokens: int) -> int:
-    """Key/query block size: 64 at large token counts, smaller so that there are >= 8 blocks."""
-    size = 64
-    while size > 8 and image_tokens // size < 8:
-        size //= 2
-    while image_tokens % size:
-        size //= 2
-    return max(size, 1)
+QUERY_BLOCKS_PER_KEY_BLOCK = 4
 
 
-def block_sparse_attention(q, k, v, text_len: int, text_first: bool, keep: float, block_size: int | None = None):
+@dataclass(frozen=True)
+class SparseLayout:
+    """Block geometry of sparse attention over ``image_tokens`` image tokens.
+
+    Key blocks of ``key_block`` tokens (64 at large token counts, smaller so that there are at
+    least 8); query blocks of ``query_block`` = up to 4 key blocks (larger query blocks keep the
+    attention kernel efficient; the selection stays at key-block granularity).
+
+    Example:
+        >>> SparseLayout.for_tokens(4096)
+        SparseLayout(image_tokens=4096, key_block=64, query_block=256)
+        >>> SparseLayout.for_tokens(256).kept_blocks(0.25)
+        2
+    """
+
+    image_tokens: int
+    key_block: int
+    query_block: int
+
+    @classmethod
+    def for_tokens(cls, image_tokens: int) -> "SparseLayout":
+        size = 64
+        while size > 8 and image_tokens // size < 8:
+            size //= 2
+        while size > 1 and image_tokens % size:
+            size //= 2
+        query = size
+        key_blocks = image_tokens // size
+        # a query block spans at most 4 key blocks, and at most a quarter of them (so that keep=0.25
+        # is still a choice), and there are at least 2 query blocks
+        while (query * 2 <= size * QUERY_BLOCKS_PER_KEY_BLOCK and (query * 2) // size <= key_blocks // 4
+               and image_tokens % (query * 2) == 0 and image_tokens // (query * 2) >= 2):
+            query *= 2
+        return cls(image_tokens, size, query)
+
+    @property
+    def key_blocks(self) -> int:
+        return self.image_tokens // self.key_block
+
+    @property
+    def query_blocks(self) -> int:
+        return self.image_tokens // self.query_block
+
+    def kept_blocks(self, keep: float) -> int:
+        """Key blocks each query block attends to at ``keep``."""
+        return max(self.query_block // self.key_block, min(self.key_blocks, int(round(keep * self.key_blocks))))
+
+
+class Workspace:
+    """Reusable flat buffers for gathered keys and values (fresh large allocations page-fault and
+    would cost more than the gather itself)."""
+
+    def __init__(self):
+        self._buffers: dict[str, torch.Tensor] = {}
+
+    def get(self, name: str, shape, like: torch.Tensor) -> torch.Tensor:
+        numel = math.prod(shape)
+        buf = self._buffers.get(name)
+        if buf is None or buf.numel() < numel or buf.dtype != like.dtype or buf.device != like.device:
+            buf = torch.empty(numel, dtype=like.dtype, device=like.device)
+            self._buffers[name] = buf
+        return buf[:numel].view(shape)
+
+
+def block_sparse_attention(q, k, v, text_len: int, text_first: bool, keep: float,
+                           workspace: Workspace | None = None):
     """Attention in which each image query block sees the text tokens and its top image key blocks.
 
     Args:
         q, k, v: (B, H, N, d) with N = text_len + image tokens, text first or last.
         keep: fraction of image key blocks kept per query block (1.0 = dense attention).
+        workspace: reusable buffers for the gathered keys/values.
 
-    Text queries stay dense (they are few). Key blocks are ranked by the dot product of mean-pooled
-    query and key blocks; the query block's own (diagonal) block is always kept. Kept blocks are
-    gathered, so the attention itself costs about ``keep`` of the dense image-image part.
+    Text queries stay dense (they are few). Key blocks are ranked per query block by the dot
+    product of mean-pooled query and key blocks; the key blocks covering the query block itself are
+    always kept. The kept keys (and the text keys) are gathered into one contiguous buffer per query
+    block, so the attention costs about ``keep`` of the dense image-image part.
     """
     if keep >= 1.0:
         return F.scaled_dot_product_attention(q, k, v)
     b, h, n, d = q.shape
     ni = n - text_len
-    image = slice(text_len, n) if text_first else slice(0, ni)
-    text = slice(0, text_len) if text_first else slice(ni, n)
-    bs = block_size or sparse_block_size(ni)
-    nb = ni // bs
-    m = max(1, int(round(keep * nb)))
-    qb = q[:, :, image].reshape(b, h, nb, bs, d)
-    kb = k[:, :, image].reshape(b, h, nb, bs, d)
-    vb = v[:, :, image].reshape(b, h, nb, bs, d)
-    score = qb.mean(3) @ kb.mean(3).transpose(-1, -2)  # (B, H, nb, nb)
-    score.diagonal(dim1=-2, dim2=-1).fill_(math.inf)
-    chosen = score.topk(m, dim=-1).indices  # (B, H, nb, m)
-    bi = torch.arange(b, device=q.device)[:, None, None, None]
-    hi = torch.arange(h, device=q.device)[None, :, None, None]
-    k_sel = kb[bi, hi, chosen].reshape(b, h, nb, m * bs, d)
-    v_sel = vb[bi, hi, chosen].reshape(b, h, nb, m * bs, d)
+    layout = SparseLayout.for_tokens(ni)
+    bk, bq, nk, nq = layout.key_block, layout.query_block, layout.key_blocks, layout.query_blocks
+    m = layout.kept_blocks(keep)
+    start = text_len if text_first else 0
+    text_start = 0 if text_first else ni
+    bh = b * h
+    q_image = q[:, :, start:start + ni].reshape(bh, nq, bq, d)
+    k_pooled = k[:, :, start:start + ni].reshape(bh, nk, bk, d).mean(2)
+    score = q_image.mean(2) @ k_pooled.transpose(-1, -2)  # (bh, nq, nk)
+    own = torch.arange(nk, device=q.device) // (bq // bk) == torch.arange(nq, device=q.device)[:, None]
+    score.masked_fill_(own, math.inf)
+    chosen = score.topk(m, dim=-1).indices  # (bh, nq, m)
+    # token indices into the flattened (bh * N) keys: the text tokens, then the kept blocks' tokens
+    tokens = (chosen[..., None] * bk + torch.arange(bk, device=q.device)).flatten(-2) + start
     if text_len:
-        kt = k[:, :, text].unsqueeze(2).expand(b, h, nb, text_len, d)
-        vt = v[:, :, text].unsqueeze(2).expand(b, h, nb, text_len, d)
-        k_sel, v_sel = torch.cat([kt, k_sel], dim=3), torch.cat([vt, v_sel], dim=3)
-    out_image = F.scaled_dot_product_attention(qb, k_sel, v_sel).reshape(b, h, ni, d)
+        text_tokens = torch.arange(text_start, text_start + text_len, device=q.device)
+        tokens = torch.cat([text_tokens.expand(bh, nq, text_len), tokens], dim=-1)
+    s = tokens.shape[-1]
+    flat = (tokens + (torch.arange(bh, device=q.device) * n)[:, None, None]).reshape(-1)
+    workspace = workspace or Workspace()
+    k_sel = workspace.get("key", (bh * nq * s, d), k)
+    v_sel = workspace.get("value", (bh * nq * s, d), v)
+    torch.index_select(k.reshape(bh * n, d), 0, flat, out=k_sel)
+    torch.index_select(v.reshape(bh * n, d), 0, flat, out=v_sel)
+    out_image = F.scaled_dot_product_attention(q_image.reshape(bh * nq, 1, bq, d), k_sel.view(bh * nq, 1, s, d),
+                                               v_sel.view(bh * nq, 1, s, d)).view(b, h, ni, d)
     if not text_len:
         return out_image
-    out_text = F.scaled_dot_product_attention(q[:, :, text], k, v)
+    out_text = F.scaled_dot_product_attention(q[:, :, text_start:text_start + text_len], k, v)
     parts = [out_text, out_image] if text_first else [out_image, out_text]
     return torch.cat(parts, dim=2)
 
@@ -281,14 +348,14 @@ class _SparseSDPA(TorchFunctionMode):
         q, k, v = call.pop("query"), call.pop("key"), call.pop("value")
         extra = {key: value for key, value in call.items() if value is not None and value is not False
                  and not (isinstance(value, float) and value == 0.0)}
-        if set(extra) - {"scale"} or extra.get("scale") not in (None, q.shape[-1] ** -0.5):
+        if set(extra) - {"scale"} or extra.get("scale", q.shape[-1] ** -0.5) != q.shape[-1] ** -0.5:
             raise HastenError("sparse attention: the attention processor passed a mask or dropout; "
                               "only plain joint attention is supported")
         out = torch.empty_like(q)
         for value in torch.unique(self.keep).tolist():
             rows = (self.keep == value).nonzero().squeeze(1)
             out[rows] = block_sparse_attention(q[rows], k[rows], v[rows], self.state.text_len,
-                                               self.state.family.text_first, value)
+                                               self.state.family.text_first, value, self.state.workspace)
         return out
 
 

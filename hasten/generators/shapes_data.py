@@ -2,9 +2,12 @@
 
 Every image is 32x32 RGB, one saturated shape (circle, square, triangle, plus) in one of four
 colours on a textured, low-saturation background. The class is ``shape x colour`` (16 classes).
-Position, size, rotation, background colour, gradient and stripe texture are random, so that the
-flow from noise to data is curved enough that cutting sampling steps costs fidelity, as it does
-on FLUX / SD3 (see the foundation issue).
+Position, size, a small tilt, background colour, gradient and stripe texture are random, so that
+the flow from noise to data is curved enough that cutting sampling steps costs fidelity, as it
+does on FLUX / SD3 (see the foundation issue). Shapes are upright up to a tilt of +-0.3 rad: with
+free rotation a square becomes a diamond and a plus an X, and a generator of this size (trained in
+about an hour on two CPU cores) rendered blobs that the classifier could not tell apart (class
+accuracy 0.64 at 28 steps with full rotation, against 1.00 on real images).
 
 Images are generated on the fly, vectorised in numpy, and fully determined by a seed::
 
@@ -25,6 +28,7 @@ COLOURS = {
     "blue": (0.15, 0.30, 0.95),
     "yellow": (0.95, 0.85, 0.10),
 }
+MAX_TILT = 0.3  # radians
 CLASS_NAMES = tuple(f"{colour} {shape}" for shape in SHAPES for colour in COLOURS)
 NUM_CLASSES = len(CLASS_NAMES)
 
@@ -90,7 +94,7 @@ def render(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     margin = 0.8 * size
     cx = rng.uniform(margin, IMAGE_SIZE - margin).astype(np.float32)
     cy = rng.uniform(margin, IMAGE_SIZE - margin).astype(np.float32)
-    rot = draw(0, 2 * np.pi)
+    rot = draw(-MAX_TILT, MAX_TILT)
     dx, dy = px - cx[:, None, None], py - cy[:, None, None]
     cos, sin = np.cos(rot)[:, None, None], np.sin(rot)[:, None, None]
     qx, qy = cos * dx + sin * dy, -sin * dx + cos * dy

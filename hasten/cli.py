@@ -61,6 +61,25 @@ def _int_list(text: str) -> tuple[int, ...]:
     return values
 
 
+def _set_threads(threads: int) -> None:
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def _report(table: str, result: dict, args) -> None:
+    """Print a markdown table; write the result as JSON (--json) and the table (--markdown)."""
+    from hasten.io import write_text_atomic
+
+    print(table)
+    if args.json:
+        _write_json(args.json, result)
+    if args.markdown:
+        write_text_atomic(args.markdown, table)
+        print(f"wrote {args.markdown}")
+
+
 # ----------------------------------------------------------------------------- generator
 def cmd_generator_train(args) -> int:
     from hasten.generators.train_generator import GeneratorTrainConfig, train_generator
@@ -82,29 +101,19 @@ def cmd_generator_train_classifier(args) -> int:
 
 
 def cmd_generator_eval(args) -> int:
-    import torch
-
     from hasten.generators import load_generator
     from hasten.generators.classifier import ShapesClassifier
     from hasten.generators.evaluate import evaluate_generator, markdown_table
     from hasten.generators.registry import classifier_path
-    from hasten.io import write_text_atomic
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    _set_threads(args.threads)
     generator = load_generator(args.generator)
     classifier = ShapesClassifier.from_pretrained(args.classifier or classifier_path(generator.path))
     result = evaluate_generator(generator, classifier, n=args.n, num_steps=args.steps,
                                 guidance=args.guidance, reduced_steps=args.reduced_steps,
                                 seed=args.seed, batch_size=args.batch_size, progress=not args.quiet)
     result["command"] = "hasten " + " ".join(sys.argv[1:]) if sys.argv else ""
-    table = markdown_table(result)
-    print(table)
-    if args.json:
-        _write_json(args.json, result)
-    if args.markdown:
-        write_text_atomic(args.markdown, table)
-        print(f"wrote {args.markdown}")
+    _report(markdown_table(result), result, args)
     return 0
 
 
@@ -141,13 +150,10 @@ def cmd_generator_info(args) -> int:
 
 # ----------------------------------------------------------------------------- sample
 def cmd_sample(args) -> int:
-    import torch
-
     from hasten.generators import load_generator
     from hasten.images import save_grid
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    _set_threads(args.threads)
     generator = load_generator(args.generator)
     if args.classes.strip().lower() == "all":
         classes = list(range(generator.num_classes))
@@ -166,28 +172,18 @@ def cmd_sample(args) -> int:
     return 0
 
 
-# ----------------------------------------------------------------------------- parser
 # ----------------------------------------------------------------------------- knobs
 def cmd_knobs_bench(args) -> int:
-    import torch
-
     from hasten.generators.bench import bench_knobs, markdown, parse_models
-    from hasten.io import write_text_atomic
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    _set_threads(args.threads)
     result = bench_knobs(parse_models(args.models), repeats=args.repeats, samples=args.samples,
                          progress=not args.quiet)
-    table = markdown(result)
-    print(table)
-    if args.json:
-        _write_json(args.json, result)
-    if args.markdown:
-        write_text_atomic(args.markdown, table)
-        print(f"wrote {args.markdown}")
+    _report(markdown(result), result, args)
     return 0
 
 
+# ----------------------------------------------------------------------------- parser
 def _print_help_and_fail(parser: argparse.ArgumentParser) -> int:
     parser.print_help(sys.stderr)
     return 2

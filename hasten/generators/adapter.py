@@ -82,14 +82,19 @@ class DiTGenerator:
                           f"or one of: {', '.join(self.class_names)}")
 
     def encode(self, conditions: Sequence[str | int]) -> torch.Tensor:
-        """Conditions -> (B,) long tensor of class indices."""
-        return torch.tensor([self.class_index(c) for c in conditions], dtype=torch.long)
+        """Conditions -> (B,) long tensor of class indices (on the model's device)."""
+        return torch.tensor([self.class_index(c) for c in conditions], dtype=torch.long, device=self.device)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.transformer.parameters()).device
 
     def noise(self, seeds: Sequence[int]) -> torch.Tensor:
-        """(B, C, H, W) initial noise; row i depends only on ``seeds[i]``."""
+        """(B, C, H, W) initial noise on the model's device; row i depends only on ``seeds[i]``
+        (drawn on the CPU, so the same seed gives the same noise on every device)."""
         shape = (self.channels, self.image_size, self.image_size)
         rows = [torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
-        return torch.stack(rows)
+        return torch.stack(rows).to(self.device)
 
     # ----------------------------------------------------------------------------- the model call
     def make_scheduler(self, num_steps: int):
@@ -242,8 +247,8 @@ class DiTGenerator:
         scheduler = self.make_scheduler(num_steps)
         self.attach_knobs()
         return Rollout(labels=labels, x=self.noise(seeds), num_steps=num_steps, guidance=guidance,
-                       timesteps=scheduler.timesteps / scheduler.config.num_train_timesteps,
-                       sigmas=scheduler.sigmas, cfg=guidance != 1.0)
+                       timesteps=(scheduler.timesteps / scheduler.config.num_train_timesteps).cpu(),
+                       sigmas=scheduler.sigmas.cpu(), cfg=guidance != 1.0)
 
     @torch.no_grad()
     def step(self, rollout: "Rollout", decisions) -> torch.Tensor:
@@ -263,7 +268,8 @@ class DiTGenerator:
         keep = torch.tensor(SPARSE_ATTENTION.levels, dtype=torch.float32)[sparse]
         v, effective = self.model_call(rollout, rows, j, cache, keep)
         x = rollout.x[rows]
-        rollout.x[rows] = x + (rollout.sigmas[j_next] - rollout.sigmas[j]).view(-1, 1, 1, 1) * v
+        dt = (rollout.sigmas[j_next] - rollout.sigmas[j]).to(v.device)
+        rollout.x[rows] = x + dt.view(-1, 1, 1, 1) * v
         cost = self.step_cost()
         fractions = torch.tensor([cost.fraction(int(c), float(k)) for c, k in zip(effective, keep)],
                                  dtype=torch.float64)
@@ -283,12 +289,13 @@ class DiTGenerator:
         the effective cache levels (a row's first call computes every block).
         """
         b = rollout.batch_size
-        ids = torch.cat([rows, rows + b]) if rollout.cfg else rows
+        ids = torch.cat([rows, rows + b]) if rollout.cfg else rows  # bookkeeping stays on the CPU
         twice = 2 if rollout.cfg else 1
         state = self.attach_knobs()
         effective = state.set_call(rollout.cache, ids, cache_levels.repeat(twice), keep.repeat(twice))
         try:
-            v = self.velocity(rollout.x[rows], rollout.timesteps[position], rollout.labels[rows], rollout.guidance)
+            v = self.velocity(rollout.x[rows], rollout.timesteps[position].to(self.device), rollout.labels[rows],
+                              rollout.guidance)
         finally:
             state.clear_call()
         return v, effective[: rows.numel()]

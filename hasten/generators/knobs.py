@@ -179,6 +179,7 @@ class KnobBlockHook(ModelHook):
                 sub[key] = kwargs[key][rows]
             state.keep_now = state.keep[rows]
             sub_context, sub_hidden = original(**sub)
+            rows = rows.to(hidden.device)
             hidden = hidden.index_copy(0, rows, sub_hidden)
             context = None if sub_context is None else context.index_copy(0, rows, sub_context)
         state.keep_now = None

@@ -130,3 +130,19 @@ def save_module(module: nn.Module, path: str, config: dict) -> None:
                   os.path.join(tmp, "model.safetensors"))
         with open(os.path.join(tmp, "config.json"), "w") as f:
             json.dump(config, f, indent=2)
+
+
+def machine_description() -> str:
+    """'AMD EPYC ..., 2 cores, 2 torch threads': the machine a measurement ran on."""
+    import platform
+
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"

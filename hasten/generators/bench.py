@@ -16,7 +16,6 @@ per call).
 from __future__ import annotations
 
 import logging
-import platform
 import statistics
 import time
 from datetime import datetime, timezone
@@ -26,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from hasten.errors import HastenError
+from hasten.io import machine_description
 from hasten.generators.knobs import CACHE_REUSE, SPARSE_ATTENTION, Workspace, block_sparse_attention
 
 logger = logging.getLogger(__name__)
@@ -135,7 +135,7 @@ def bench_knobs(models=DEFAULT_MODELS, repeats: int = 5, samples: int | None = N
     from tqdm.auto import tqdm
 
     result = {"command": "hasten knobs bench", "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
-              "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, {platform.processor() or 'cpu'}",
+              "machine": machine_description(),
               "torch": torch.__version__, "repeats": repeats, "models": []}
     from hasten.generators.registry import resolve_generator_path
 

@@ -12,7 +12,6 @@ Metrics (all from the evaluation classifier, never from a training reward):
 from __future__ import annotations
 
 import logging
-import platform
 from datetime import datetime, timezone
 
 import numpy as np
@@ -20,6 +19,7 @@ import torch
 
 from hasten.generators import shapes_data
 from hasten.generators.classifier import ShapesClassifier, classify, frechet_distance, real_accuracy
+from hasten.io import machine_description
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def evaluate_generator(generator, classifier: ShapesClassifier, n: int = 512, nu
                                                  real_feats.numpy().astype(np.float64)),
             "seconds_per_sample": fast_stats["seconds"] / n,
         })
-    result["machine"] = f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads".strip()
+    result["machine"] = machine_description()
     result["date"] = datetime.now(timezone.utc).strftime("%Y-%m-%d")
     result["generator"] = generator.path
     return result

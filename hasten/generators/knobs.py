@@ -205,7 +205,6 @@ class KnobBlockHook(ModelHook):
         return hidden
 
 
-
 # ------------------------------------------------------------------------------ sparse attention
 QUERY_BLOCKS_PER_KEY_BLOCK = 4
 
@@ -389,8 +388,9 @@ class SparseAttentionProcessor:
 
 # ------------------------------------------------------------------------------ attach / detach
 def _attention_modules(block: nn.Module) -> list[nn.Module]:
-    return [m for name, m in block.named_children() if name in ("attn", "attn2") and m is not None
-            and hasattr(m, "processor")]
+    """The block's joint (text + image) attention; an image-only ``attn2`` (SD3.5) stays dense."""
+    attn = getattr(block, "attn", None)
+    return [attn] if attn is not None and hasattr(attn, "processor") else []
 
 
 def attach_knobs(transformer: nn.Module) -> KnobState:

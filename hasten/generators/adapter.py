@@ -54,6 +54,7 @@ class DiTGenerator:
                  path: str | None = None):
         self.transformer = transformer.eval().requires_grad_(False)
         self.family = family_of(transformer)
+        self.distilled_guidance = bool(getattr(transformer.config, "guidance_embeds", False))
         self.class_encoder = class_encoder.eval().requires_grad_(False)
         self.scheduler_config = dict(scheduler_config)
         self.meta = meta
@@ -111,9 +112,12 @@ class DiTGenerator:
         """Guided velocity for images/latents ``x`` (B, C, H, W) at per-row noise levels ``sigma`` (B,).
 
         Both classifier-free-guidance branches go through the transformer in one batch of 2B rows
-        (conditional rows first).
+        (conditional rows first); a guidance-distilled model gets the scale as an input instead.
         """
         b = x.shape[0]
+        if self.distilled_guidance:  # FLUX.1-dev style: the scale is an input, one branch
+            tokens, pooled = self.class_encoder(labels)
+            return self.family.velocity(self.transformer, x, sigma, tokens, pooled, guidance=guidance)
         if guidance == 1.0:
             all_labels, all_x, all_sigma = labels, x, sigma
         else:
@@ -248,7 +252,7 @@ class DiTGenerator:
         self.attach_knobs()
         return Rollout(labels=labels, x=self.noise(seeds), num_steps=num_steps, guidance=guidance,
                        timesteps=(scheduler.timesteps / scheduler.config.num_train_timesteps).cpu(),
-                       sigmas=scheduler.sigmas.cpu(), cfg=guidance != 1.0)
+                       sigmas=scheduler.sigmas.cpu(), cfg=guidance != 1.0 and not self.distilled_guidance)
 
     @torch.no_grad()
     def step(self, rollout: "Rollout", decisions) -> torch.Tensor:

@@ -36,7 +36,8 @@ class DiTFamily:
         block_lists: attribute names of the block ``ModuleList``s, in execution order.
         text_first: True when joint attention orders tokens [text, image] (Flux), False for
             [image, text] (SD3).
-        velocity: ``(transformer, x (B, C, H, W), sigma (B,), tokens, pooled) -> v (B, C, H, W)``.
+        velocity: ``(transformer, x (B, C, H, W), sigma (B,), tokens, pooled, guidance=None) -> v``;
+            ``guidance`` is the embedded guidance scale of guidance-distilled models (FLUX.1-dev).
         image_tokens: ``(transformer, height, width) -> number of image tokens``.
     """
 
@@ -78,14 +79,20 @@ def get_family(name: str) -> DiTFamily:
 
 
 # ---------------------------------------------------------------------------------------- Flux
-def _flux_velocity(transformer, x, sigma, tokens, pooled):
-    """FluxPipeline's call: 2x2-packed tokens, ``timestep = sigma`` (the model multiplies by 1000)."""
+def _flux_velocity(transformer, x, sigma, tokens, pooled, guidance=None):
+    """FluxPipeline's call: 2x2-packed tokens, ``timestep = sigma`` (the model multiplies by 1000);
+    guidance-distilled checkpoints (``guidance_embeds=True``, FLUX.1-dev) get the scale as input."""
     p = transformer.config.patch_size
     if p != 1:
         raise HastenError(f"FluxTransformer2DModel with patch_size={p}: expected 1 (FluxPipeline packs 2x2)")
     height, width = x.shape[-2:]
+    if transformer.config.guidance_embeds:
+        guidance = torch.full_like(sigma, 3.5 if guidance is None else float(guidance))
+    else:
+        guidance = None
     v = transformer(hidden_states=pack(x), encoder_hidden_states=tokens, pooled_projections=pooled,
-                    timestep=sigma, img_ids=image_ids(height, width, device=x.device, dtype=x.dtype),
+                    timestep=sigma, guidance=guidance,
+                    img_ids=image_ids(height, width, device=x.device, dtype=x.dtype),
                     txt_ids=text_ids(tokens.shape[1], device=x.device, dtype=x.dtype),
                     return_dict=False)[0]
     return unpack(v, height, width)
@@ -102,7 +109,7 @@ register_family(DiTFamily(
 
 
 # ---------------------------------------------------------------------------------------- SD3
-def _sd3_velocity(transformer, x, sigma, tokens, pooled):
+def _sd3_velocity(transformer, x, sigma, tokens, pooled, guidance=None):
     """StableDiffusion3Pipeline's call: latents as (B, C, H, W), ``timestep = sigma * 1000``."""
     return transformer(hidden_states=x, encoder_hidden_states=tokens, pooled_projections=pooled,
                        timestep=sigma * 1000, return_dict=False)[0]

@@ -20,13 +20,14 @@ from hasten.generators.families import get_family
 from hasten.generators.flux_pixel import ClassEncoder, ClassEncoderConfig, rope_axes
 
 
-def _flux(channels, num_layers, num_single_layers, heads, head_dim, cond_dim):
+def _flux(channels, num_layers, num_single_layers, heads, head_dim, cond_dim, guidance_embeds=False):
     from diffusers import FluxTransformer2DModel
 
     return FluxTransformer2DModel(patch_size=1, in_channels=channels * 4, num_layers=num_layers,
                                   num_single_layers=num_single_layers, attention_head_dim=head_dim,
                                   num_attention_heads=heads, joint_attention_dim=cond_dim,
-                                  pooled_projection_dim=cond_dim, axes_dims_rope=rope_axes(head_dim))
+                                  pooled_projection_dim=cond_dim, axes_dims_rope=rope_axes(head_dim),
+                                  guidance_embeds=guidance_embeds)
 
 
 def _sd3(channels, num_layers, heads, head_dim, cond_dim, image_size):
@@ -41,17 +42,18 @@ def _sd3(channels, num_layers, heads, head_dim, cond_dim, image_size):
 def random_generator(family: str = "flux", image_size: int = 16, channels: int = 3, num_classes: int = 4,
                      num_layers: int = 1, num_single_layers: int = 1, heads: int = 2, head_dim: int = 16,
                      cond_dim: int = 16, text_tokens: int = 2, num_steps: int = 6, guidance: float = 3.0,
-                     seed: int = 0) -> DiTGenerator:
+                     seed: int = 0, guidance_embeds: bool = False) -> DiTGenerator:
     """A random-weight class-conditional generator of ``family`` ("flux" or "sd3").
 
-    ``num_single_layers`` applies to Flux only. Image tokens: (image_size / 2)^2 for both families.
+    ``num_single_layers`` and ``guidance_embeds`` (guidance-distilled, as FLUX.1-dev) apply to
+    Flux only. Image tokens: (image_size / 2)^2 for both families.
     """
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     get_family(family)
     torch.manual_seed(seed)
     if family == "flux":
-        transformer = _flux(channels, num_layers, num_single_layers, heads, head_dim, cond_dim)
+        transformer = _flux(channels, num_layers, num_single_layers, heads, head_dim, cond_dim, guidance_embeds)
     else:
         transformer = _sd3(channels, num_layers, heads, head_dim, cond_dim, image_size)
     with torch.no_grad():

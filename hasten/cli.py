@@ -124,7 +124,7 @@ def cmd_generator_info(args) -> int:
     info = {
         "name": args.name,
         "path": os.path.abspath(generator.path),
-        "family": generator.family,
+        "family": generator.family.name,
         "parameters": generator.num_parameters(),
         "transformer_parameters": sum(p.numel() for p in generator.transformer.parameters()),
         "transformer_config": dict(generator.transformer.config),
@@ -138,8 +138,9 @@ def cmd_generator_info(args) -> int:
     else:
         cfg = generator.transformer.config
         print(f"{args.name}: {info['path']}")
-        print(f"  {generator.family} transformer, {info['parameters'] / 1e6:.2f} M parameters, "
-              f"{cfg.num_layers} double + {cfg.num_single_layers} single blocks, "
+        blocks = len(generator.family.blocks(generator.transformer))
+        print(f"  {generator.family.name} transformer ({type(generator.transformer).__name__}), "
+              f"{info['parameters'] / 1e6:.2f} M parameters, {blocks} blocks, "
               f"{cfg.num_attention_heads} x {cfg.attention_head_dim} heads")
         print(f"  {len(generator.class_names)} classes: {', '.join(generator.class_names)}")
         print(f"  defaults: {generator.default_steps} steps, guidance {generator.default_guidance}")

@@ -164,12 +164,92 @@ def cmd_sample(args) -> int:
             raise HastenError("--classes: expected class names or indices separated by commas, or 'all'")
     conditions = [c for c in classes for _ in range(args.n)]
     seeds = [args.seed + j for _ in classes for j in range(args.n)]
+    if args.policy:
+        return _sample_with_policy(args, generator, classes, conditions, seeds)
     images, stats = generator.sample(conditions, seeds, num_steps=args.steps, guidance=args.guidance,
                                      batch_size=args.batch_size, progress=not args.quiet)
     labels = [generator.class_names[c] for c in classes]
     save_grid(images, rows=len(classes), path=args.out, row_labels=labels, scale=args.scale)
     print(f"wrote {args.out}: {len(classes)} classes x {args.n} samples, "
           f"{stats['seconds'] / len(seeds):.3f} s / sample")
+    return 0
+
+
+def _sample_with_policy(args, generator, classes, conditions, seeds) -> int:
+    """Full compute and the policy's samples of the same (class, noise), one row above the other."""
+    import torch
+
+    from hasten.images import save_grid
+    from hasten.metrics import psnr
+    from hasten.policies import load_policy
+
+    policy = load_policy(args.policy, generator)
+    steps = args.steps or policy.config.num_steps or None
+    full, full_stats = generator.sample(conditions, seeds, num_steps=steps, guidance=args.guidance,
+                                        batch_size=args.batch_size, progress=not args.quiet)
+    fast, stats = generator.sample(conditions, seeds, num_steps=steps, guidance=args.guidance,
+                                   decisions=policy.decide(args.budget), batch_size=args.batch_size,
+                                   progress=not args.quiet)
+    n = args.n
+    rows, labels = [], []
+    for i, c in enumerate(classes):
+        rows += [full[i * n:(i + 1) * n], fast[i * n:(i + 1) * n]]
+        row_flops = stats["flops_fraction"][i * n:(i + 1) * n].mean()
+        labels += [f"{generator.class_names[c]}: full", f"policy {1 / row_flops:.1f}x"]
+    save_grid(torch.cat(rows), rows=2 * len(classes), path=args.out, row_labels=labels, scale=args.scale)
+    value = psnr(fast, full).clamp(max=100).mean()
+    print(f"wrote {args.out}: {len(classes)} classes x {args.n} samples, full compute (upper row) vs policy "
+          f"(lower row): {1 / stats['flops_fraction'].mean():.2f}x fewer FLOPs, PSNR to full {value:.2f} dB, "
+          f"{full_stats['seconds'] / stats['seconds']:.2f}x wall-clock")
+    return 0
+
+
+# ----------------------------------------------------------------------------- train / policy
+def cmd_train(args) -> int:
+    from hasten.trainers.grpo import GRPOTrainer, load_experiment, new_run_dir, resume_config
+
+    if args.resume:
+        if args.experiment:
+            raise HastenError("give either EXPERIMENT or --resume RUN_DIR, not both")
+        config = resume_config(args.resume, args.set)
+        run_dir = args.resume
+    else:
+        if not args.experiment:
+            raise HastenError("missing EXPERIMENT: expected an experiment file, e.g. experiments/quickstart.yaml "
+                              "(or --resume RUN_DIR)")
+        config = load_experiment(args.experiment, args.set)
+        run_dir = new_run_dir(args.out, config.name)
+    if args.quiet:
+        config.logging.progress = False
+    trainer = GRPOTrainer(config, run_dir)  # every check on the experiment happens here, before writing
+    print(f"run folder: {run_dir}  (tensorboard --logdir {os.path.join(run_dir, 'tb')})")
+    policy_dir = trainer.train(resume=bool(args.resume))
+    print(f"policy saved to {policy_dir}")
+    print(f"next: hasten policy eval {policy_dir} --n 256   |   hasten sample --policy {policy_dir} --out side.png")
+    return 0
+
+
+def cmd_policy_eval(args) -> int:
+    from hasten.generators import load_generator
+    from hasten.generators.classifier import ShapesClassifier
+    from hasten.generators.registry import classifier_path
+    from hasten.policies import load_policy
+    from hasten.policies.evaluate import evaluate_policy, markdown_table
+
+    _set_threads(args.threads)
+    from hasten.policies import Policy
+
+    policy = Policy.from_pretrained(args.policy)
+    generator = load_generator(args.generator or policy.config.generator)
+    policy = load_policy(args.policy, generator)
+    classifier = ShapesClassifier.from_pretrained(args.classifier or classifier_path(generator.path))
+    result = evaluate_policy(generator, policy, classifier, n=args.n, budget=args.budget, seed=args.seed,
+                             batch_size=args.batch_size, greedy=not args.sampled,
+                             timing_samples=args.timing_samples, timing_repeats=args.timing_repeats,
+                             progress=not args.quiet)
+    result["policy"] = os.path.abspath(args.policy)
+    result["command"] = "hasten " + " ".join(sys.argv[1:]) if sys.argv else ""
+    _report(markdown_table(result), result, args)
     return 0
 
 
@@ -296,8 +376,55 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--scale", type=_positive_int, default=3, help="pixel upscaling of the grid")
     sample.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     sample.add_argument("--out", default="samples.png", help="output PNG (default: %(default)s)")
+    sample.add_argument("--policy", help="a policy folder (runs/NAME/policy): full compute and the policy's "
+                                         "samples of the same noise, one row above the other")
+    sample.add_argument("--budget", type=float, help="target FLOPs fraction for the policy (default: its own)")
     sample.add_argument("--quiet", action="store_true", help="no progress bar")
     sample.set_defaults(func=cmd_sample)
+
+    # train
+    tr = sub.add_parser(
+        "train", help="learn an acceleration policy with GRPO (the main job)",
+        description="Train acceleration-policy heads for a frozen generator with GRPO: rollouts of the "
+                    "Denoising env, composite reward (fidelity, cost, discriminator), group-relative "
+                    "advantages, clipped updates. Writes runs/NAME/ (TensorBoard events in tb/, "
+                    "metrics.jsonl, checkpoint/, policy/). Example: hasten train experiments/quickstart.yaml",
+        epilog="Any field of the experiment file can be overridden, e.g. --set grpo.iterations=10 "
+               "--set rewards.discriminator.weight=0 --set budget=0.3")
+    tr.add_argument("experiment", nargs="?", help="experiment file (YAML), e.g. experiments/quickstart.yaml")
+    tr.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="override a field (repeatable; dotted for sections: grpo.lr=0.01)")
+    tr.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    tr.add_argument("--out", default="runs", help="folder of run folders (default: %(default)s)")
+    tr.add_argument("--quiet", action="store_true", help="no progress bar")
+    tr.set_defaults(func=cmd_train)
+
+    # policy
+    pol = sub.add_parser("policy", help="evaluate trained policies",
+                         description="Evaluate trained acceleration policies.")
+    pol_sub = pol.add_subparsers(dest="policy_command", metavar="SUBCOMMAND")
+    pol.set_defaults(func=lambda args: _print_help_and_fail(pol))
+    pe = pol_sub.add_parser(
+        "eval", help="a policy vs full compute and uniform step reduction on held-out pairs",
+        description="On N held-out (class, noise) pairs: FLOPs speedup, wall-clock speedup at batch 1, "
+                    "PSNR/SSIM to full compute, class accuracy and Frechet distance (evaluation "
+                    "classifier) of full compute, the policy, and uniform step reduction at the step "
+                    "counts around the policy's FLOPs.")
+    pe.add_argument("policy", help="policy folder, e.g. runs/quickstart/policy")
+    pe.add_argument("--generator", help="generator (default: the one the policy was trained on)")
+    pe.add_argument("--classifier", help="evaluation classifier folder (default: the generator's own)")
+    pe.add_argument("--n", type=_positive_int, default=256, help="held-out pairs (default: %(default)s)")
+    pe.add_argument("--budget", type=float, help="target FLOPs fraction (default: the policy's)")
+    pe.add_argument("--seed", type=int, default=1_000_000, help="first held-out noise seed (default: %(default)s)")
+    pe.add_argument("--sampled", action="store_true", help="sample decisions instead of taking the most likely")
+    pe.add_argument("--batch-size", type=_positive_int, default=64, help="rows per model call")
+    pe.add_argument("--timing-samples", type=_positive_int, default=4, help="samples timed at batch 1")
+    pe.add_argument("--timing-repeats", type=_positive_int, default=5, help="interleaved timing repeats")
+    pe.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    pe.add_argument("--json", metavar="PATH", help="write the results as JSON ('-' for stdout)")
+    pe.add_argument("--markdown", metavar="PATH", help="write the table as markdown")
+    pe.add_argument("--quiet", action="store_true", help="no progress bar")
+    pe.set_defaults(func=cmd_policy_eval)
     return parser
 
 

@@ -281,6 +281,8 @@ class DiTGenerator:
         rollout.flops[rows] += fractions
         rollout.model_calls[rows] += 1
         rollout.decisions[rows, j] = torch.stack([skip, effective, sparse], dim=1)
+        computed_all = rows[effective == 0]
+        rollout.last_full[computed_all] = j[effective == 0]
         rollout.index[rows] = j_next
         return spent
 
@@ -311,6 +313,18 @@ class DiTGenerator:
 
 FluxClassGenerator = DiTGenerator  # the embedded generator's adapter (kept name)
 
+#: Columns of :meth:`Rollout.observation` (what a policy head sees before each model call).
+OBSERVATION = (
+    "sigma",            # noise level of the row's schedule position (1 = pure noise, 0 = done)
+    "step",             # schedule position / num_steps
+    "first_block_change",  # relative L1 change of block 0's output since the last full call (TeaCache signal)
+    "since_full",       # schedule intervals since the row's last full computation / num_steps
+    "cost_spent",       # FLOPs spent so far, in units of the full-compute trajectory
+    "budget",           # target FLOPs fraction of the episode
+    "cache_ready",      # 1 when the row has cached residuals (cache-reuse can apply)
+)
+OBSERVATION_CHANGE_MAX = 10.0
+
 
 class Rollout:
     """The state of a batch of rows being denoised with per-row knob decisions.
@@ -335,7 +349,39 @@ class Rollout:
         self.model_calls = torch.zeros(b, dtype=torch.long)
         self.flops = torch.zeros(b, dtype=torch.float64)
         self.decisions = torch.full((b, num_steps, len(KNOBS)), -1, dtype=torch.long)
+        self.last_full = torch.zeros(b, dtype=torch.long)  # schedule position of each row's last full call
         self.cache = RowCache(2 * b if cfg else b)
+
+    def reset_rows(self, rows: torch.Tensor, labels: torch.Tensor, x: torch.Tensor) -> None:
+        """Start rows ``rows`` afresh at pure noise ``x`` with classes ``labels`` (the rest go on)."""
+        rows = torch.as_tensor(rows, dtype=torch.long)
+        self.labels[rows.to(self.labels.device)] = labels.to(self.labels.device)
+        self.x[rows.to(self.x.device)] = x.to(self.x.device)
+        for tensor in (self.index, self.model_calls, self.last_full):
+            tensor[rows] = 0
+        self.flops[rows] = 0.0
+        self.decisions[rows] = -1
+        self.cache.forget(torch.cat([rows, rows + self.batch_size]) if self.cfg else rows)
+
+    def observation(self, budget) -> np.ndarray:
+        """(B, len(OBSERVATION)) float32 features of each row's state, in [0, 1] except the change.
+
+        See :data:`OBSERVATION` for the meaning of each column; ``budget`` is the target FLOPs
+        fraction (a number or one per row).
+        """
+        b, n = self.batch_size, self.num_steps
+        index = self.index.clamp(max=n)
+        change = self.cache.change[:b].double().clamp(max=OBSERVATION_CHANGE_MAX)
+        columns = [
+            self.sigmas[index].double(),
+            index.double() / n,
+            change,
+            (index - self.last_full).clamp(min=0).double() / n,
+            (self.flops / n).clamp(max=1.0),
+            torch.as_tensor(budget, dtype=torch.float64).expand(b),
+            self.cache.filled[:b].double(),
+        ]
+        return torch.stack(columns, dim=1).float().numpy()
 
     @property
     def batch_size(self) -> int:

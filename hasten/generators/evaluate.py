@@ -20,14 +20,11 @@ import torch
 from hasten.generators import shapes_data
 from hasten.generators.classifier import ShapesClassifier, classify, frechet_distance, real_accuracy
 from hasten.io import machine_description
+from hasten.metrics import psnr  # noqa: F401  (re-exported: hasten.generators.evaluate.psnr)
 
 logger = logging.getLogger(__name__)
 
 
-def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float = 2.0) -> torch.Tensor:
-    """Per-row PSNR in dB between image batches in [-1, 1]; identical rows give +inf."""
-    mse = (a.float() - b.float()).pow(2).flatten(1).mean(1)
-    return 10 * torch.log10(data_range**2 / mse)
 
 
 def _finite_mean(values: torch.Tensor, cap: float = 100.0) -> float:

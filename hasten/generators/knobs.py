@@ -96,6 +96,26 @@ class RowCache:
         self.max_rows = max_rows
         self.residuals: dict[int, torch.Tensor] = {}
         self.filled = torch.zeros(max_rows, dtype=torch.bool)
+        # The first block's output at each row's last full computation, and the relative L1 change
+        # of that output at the row's latest call (the signal of TeaCache / FBCache).
+        self.first_output: torch.Tensor | None = None
+        self.change = torch.zeros(max_rows, dtype=torch.float32)
+
+    def forget(self, ids: torch.Tensor) -> None:
+        """Drop what is cached for rows ``ids`` (their next call computes every block)."""
+        self.filled[ids] = False
+        self.change[ids] = 0.0
+
+    def record_first_block(self, ids: torch.Tensor, output: torch.Tensor, full: torch.Tensor) -> None:
+        """Relative change of block 0's output ``(rows, tokens, dim)`` since each row's last full call."""
+        output = output.detach().float()
+        if self.first_output is None:
+            self.first_output = output.new_zeros((self.max_rows, *output.shape[1:]))
+        previous = self.first_output[ids]
+        change = (output - previous).abs().mean(dim=(1, 2)) / previous.abs().mean(dim=(1, 2)).clamp_min(1e-6)
+        self.change[ids] = torch.where(self.filled[ids], change.cpu(), torch.zeros_like(change.cpu()))
+        if bool(full.any()):
+            self.first_output[ids[full]] = output[full.to(output.device)]
 
     def store(self, boundary: int, ids: torch.Tensor, residual: torch.Tensor) -> None:
         if boundary not in self.residuals:
@@ -183,6 +203,8 @@ class KnobBlockHook(ModelHook):
             hidden = hidden.index_copy(0, rows, sub_hidden)
             context = None if sub_context is None else context.index_copy(0, rows, sub_context)
         state.keep_now = None
+        if i == 0:  # every row computes block 0 (no cache level reuses it)
+            state.cache.record_first_block(state.row_ids, hidden, full)
         if i == state.num_blocks - 1:
             hidden = self._finish(hidden, full)
         return context, hidden

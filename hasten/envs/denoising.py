@@ -1,0 +1,214 @@
+"""``hasten/Denoising-v0``: the denoising loop of a frozen flow-matching DiT as a Gymnasium env.
+
+Each row of the batch is one (class, noise seed) episode; one ``step`` is one batched model call
+in which every unfinished row applies its own knob levels. The native vector env is what training
+uses; :class:`DenoisingEnv` is the single-row view (what ``gymnasium.make`` returns and
+``check_env`` checks).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import gymnasium as gym
+from gymnasium import spaces
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+from hasten.errors import HastenError
+from hasten.generators.adapter import OBSERVATION, OBSERVATION_CHANGE_MAX
+from hasten.generators.knobs import KNOBS
+from hasten.envs.references import ReferenceCache
+from hasten.rewards import CompositeReward, RewardInputs, build_reward
+
+DEFAULT_REWARDS = {"fidelity": {"weight": 1.0}, "cost": {"weight": 4.0, "mode": "overshoot"}}
+MAX_NOISE_SEED = 2**31 - 1
+
+
+def observation_space() -> spaces.Box:
+    """The Box of one row's observation (columns: :data:`hasten.generators.adapter.OBSERVATION`)."""
+    high = np.ones(len(OBSERVATION), dtype=np.float32)
+    high[OBSERVATION.index("first_block_change")] = OBSERVATION_CHANGE_MAX
+    return spaces.Box(low=np.zeros(len(OBSERVATION), dtype=np.float32), high=high, dtype=np.float32)
+
+
+def action_space() -> spaces.MultiDiscrete:
+    """Levels of (step_skip, cache_reuse, sparse_attention) for one row and one model call."""
+    return spaces.MultiDiscrete([len(k.levels) for k in KNOBS])
+
+
+def _load(generator):
+    if isinstance(generator, str):
+        from hasten.generators import load_generator
+
+        return load_generator(generator)
+    return generator
+
+
+class DenoisingVectorEnv(VectorEnv):
+    """A batch of denoising episodes of a frozen DiT, one batched model call per step.
+
+    ## Action Space
+    ``MultiDiscrete([3, 3, 3])`` per row: step_skip (jump 0/1/2 extra schedule intervals),
+    cache_reuse (none / deep half / all but the first block), sparse_attention (keep 1.0 / 0.5 /
+    0.25 of the image key blocks). Level 0 everywhere is the plain sampler.
+
+    ## Observation Space
+    ``Box(0, high, (7,), float32)`` per row: noise level, schedule position, relative change of the
+    first block's output since the last full computation (capped at 10), intervals since the last
+    full computation, FLOPs spent so far (fraction of the full trajectory), target budget, and
+    whether cached residuals exist.
+
+    ## Rewards
+    0 until a row terminates; then the composite reward (default: fidelity as PSNR/10 to the
+    full-compute sample of the same class and noise, minus 4x the relative overshoot of the FLOPs
+    budget). ``info["reward_terms"]`` holds each term for the rows that just terminated.
+
+    ## Episode End
+    Terminated when the row's schedule reaches t = 0 (after at most ``num_steps`` model calls).
+    Never truncated. Autoreset is disabled (``AutoresetMode.DISABLED``): finished rows stay
+    finished (no compute, reward 0, ``terminated`` True) until ``reset(options={"reset_mask": m})``.
+
+    ## Arguments
+    - ``num_envs``: rows per batch.
+    - ``generator``: ``"embedded:shapes"``, a generator folder, or a loaded adapter.
+    - ``num_steps``, ``guidance``: the schedule (default: the generator's).
+    - ``budget``: target FLOPs fraction, or ``budget_range=(lo, hi)`` to draw one per episode.
+    - ``rewards``: a :class:`~hasten.rewards.CompositeReward` or a spec ``{name: {weight: w, ...}}``.
+    - ``reference_dir``: where full-compute references are cached on disk.
+
+    ``reset`` options: ``conditions`` and ``seeds`` (one class and noise seed per row; drawn from
+    ``np_random`` when absent), ``budget`` (a number or one per row), ``reset_mask``.
+    """
+
+    metadata = {"autoreset_mode": AutoresetMode.DISABLED, "render_modes": []}
+
+    def __init__(self, num_envs: int = 8, generator="embedded:shapes", num_steps: int | None = None,
+                 guidance: float | None = None, budget: float = 0.4, budget_range=None, rewards=None,
+                 reference_dir: str | None = None, references: ReferenceCache | None = None):
+        if num_envs < 1:
+            raise HastenError(f"num_envs={num_envs}: expected an integer >= 1")
+        self.generator = _load(generator)
+        self.num_envs = int(num_envs)
+        self.num_steps = self.generator.default_steps if num_steps is None else int(num_steps)
+        self.guidance = self.generator.default_guidance if guidance is None else float(guidance)
+        self.budget_range = None if budget_range is None else (float(budget_range[0]), float(budget_range[1]))
+        for value in (budget, *(self.budget_range or ())):
+            if not 0 < value <= 1:
+                raise HastenError(f"budget={value}: expected a FLOPs fraction in (0, 1]")
+        self.budget = float(budget)
+        self.reward = rewards if isinstance(rewards, CompositeReward) else build_reward(rewards or DEFAULT_REWARDS)
+        self.references = references or ReferenceCache(self.generator, self.num_steps, self.guidance, reference_dir)
+        self.single_observation_space = observation_space()
+        self.single_action_space = action_space()
+        self.observation_space = batch_space(self.single_observation_space, self.num_envs)
+        self.action_space = batch_space(self.single_action_space, self.num_envs)
+        self.rollout = None
+        self.seeds = np.zeros(self.num_envs, dtype=np.int64)
+        self.budgets = np.full(self.num_envs, self.budget)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        options = dict(options or {})
+        mask = np.asarray(options.get("reset_mask", np.ones(self.num_envs, dtype=bool)), dtype=bool)
+        if mask.shape != (self.num_envs,):
+            raise HastenError(f"reset_mask of shape {mask.shape}: expected ({self.num_envs},)")
+        rows = np.flatnonzero(mask)
+        conditions = options.get("conditions")
+        seeds = options.get("seeds")
+        if conditions is None:
+            conditions = self.np_random.integers(0, self.generator.num_classes, size=self.num_envs)
+        if seeds is None:
+            seeds = self.np_random.integers(0, MAX_NOISE_SEED, size=self.num_envs)
+        if len(conditions) != self.num_envs or len(seeds) != self.num_envs:
+            raise HastenError(f"reset options: {len(conditions)} conditions and {len(seeds)} seeds; "
+                              f"expected {self.num_envs} of each (one per row)")
+        budgets = options.get("budget")
+        if budgets is None:
+            budgets = (self.np_random.uniform(*self.budget_range, size=self.num_envs) if self.budget_range
+                       else np.full(self.num_envs, self.budget))
+        budgets = np.broadcast_to(np.asarray(budgets, dtype=np.float64), (self.num_envs,))
+        if np.any(budgets <= 0) or np.any(budgets > 1):
+            raise HastenError(f"budget {budgets.min():.3g}..{budgets.max():.3g}: expected FLOPs fractions in (0, 1]")
+        labels = self.generator.encode(list(conditions))
+        seeds = np.asarray(seeds, dtype=np.int64)
+        if self.rollout is None or rows.size == self.num_envs:
+            self.rollout = self.generator.start(labels, seeds.tolist(), self.num_steps, self.guidance)
+        else:
+            self.rollout.reset_rows(torch.from_numpy(rows), labels[rows], self.generator.noise(seeds[rows].tolist()))
+        self.seeds[rows] = seeds[rows]
+        self.budgets[rows] = budgets[rows]
+        return self.rollout.observation(torch.from_numpy(self.budgets)), self._info()
+
+    def _info(self) -> dict:
+        return {"condition": self.rollout.labels.cpu().numpy().copy(), "noise_seed": self.seeds.copy(),
+                "budget": self.budgets.copy()}
+
+    def step(self, actions):
+        if self.rollout is None:
+            raise HastenError("step() before reset(): call reset() first")
+        actions = np.asarray(actions)
+        active = (~self.rollout.done).numpy()
+        spent = self.generator.step(self.rollout, actions).numpy()
+        terminated = self.rollout.done.numpy().copy()
+        finished = terminated & active
+        rewards = np.zeros(self.num_envs, dtype=np.float64)
+        info = self._info()
+        info.update(active=active, step_flops=spent, flops_fraction=self.rollout.flops_fraction().copy(),
+                    reward_terms={})
+        if finished.any():
+            total, terms = self.episode_reward(np.flatnonzero(finished))
+            rewards[finished] = total.numpy()
+            for name, value in terms.items():
+                column = np.full(self.num_envs, np.nan)
+                column[finished] = value.numpy()
+                info["reward_terms"][name] = column
+        obs = self.rollout.observation(torch.from_numpy(self.budgets))
+        return obs, rewards, terminated, np.zeros(self.num_envs, dtype=bool), info
+
+    def episode_reward(self, rows: np.ndarray):
+        """Composite reward and its terms for finished ``rows`` (fidelity against cached references)."""
+        labels = self.rollout.labels.cpu().numpy()[rows]
+        inputs = RewardInputs(images=self.rollout.images()[torch.from_numpy(rows)].cpu(),
+                              references=self.references.get(labels, self.seeds[rows]),
+                              flops_fraction=torch.from_numpy(self.rollout.flops_fraction()[rows]),
+                              budget=torch.from_numpy(self.budgets[rows]))
+        return self.reward(inputs)
+
+    def images(self) -> torch.Tensor:
+        """(num_envs, C, H, W) current samples (the finished ones are final)."""
+        return self.rollout.images()
+
+
+class DenoisingEnv(gym.Env):
+    """Single-row view of :class:`DenoisingVectorEnv` (``gymnasium.make("hasten/Denoising-v0")``).
+
+    Same Action Space, Observation Space, Rewards and Arguments as the vector env, for one
+    episode at a time; ``reset`` draws the class and the noise seed from ``np_random`` unless
+    ``options`` give ``condition`` / ``seed`` / ``budget``.
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, **kwargs):
+        self.vector = DenoisingVectorEnv(num_envs=1, **kwargs)
+        self.observation_space = self.vector.single_observation_space
+        self.action_space = self.vector.single_action_space
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        options = dict(options or {})
+        vec = self.vector
+        condition = options.get("condition", int(self.np_random.integers(0, vec.generator.num_classes)))
+        noise_seed = options.get("seed", int(self.np_random.integers(0, MAX_NOISE_SEED)))
+        budget = options.get("budget")
+        if budget is None:
+            budget = float(self.np_random.uniform(*vec.budget_range)) if vec.budget_range else vec.budget
+        obs, info = vec.reset(options={"conditions": [condition], "seeds": [noise_seed], "budget": budget})
+        return obs[0], {k: v[0] for k, v in info.items()}
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.vector.step(np.asarray(action)[None])
+        info = {k: (v[0] if isinstance(v, np.ndarray) else {n: c[0] for n, c in v.items()})
+                for k, v in info.items()}
+        return obs[0], float(reward[0]), bool(terminated[0]), bool(truncated[0]), info

@@ -1,0 +1,127 @@
+"""``hasten policy eval``: a trained policy against full compute and uniform step reduction.
+
+On held-out (class, noise) pairs (noise seeds from 1,000,000 on; training pairs draw seeds below
+that), it measures for full compute, the policy and uniform step reduction at the step counts
+around the policy's FLOPs:
+- FLOPs speedup (analytic, from the knob levels applied);
+- PSNR and SSIM to the full-compute sample of the same pair;
+- class accuracy and Frechet distance by the evaluation classifier (never a training reward);
+- wall-clock speedup at batch 1 (median over interleaved repeats, so the ratio is side by side).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from datetime import datetime, timezone
+
+import numpy as np
+import torch
+
+from hasten.generators import shapes_data
+from hasten.generators.classifier import classify, frechet_distance
+from hasten.io import machine_description
+from hasten.metrics import psnr, ssim
+
+HELD_OUT_SEED = 1_000_000
+
+
+def _quality(images, full, labels, classifier, real_feats) -> dict:
+    preds, feats = classify(classifier, images)
+    values = psnr(images, full).clamp(max=100)
+    return {"psnr_db": float(values.mean()), "psnr_db_median": float(values.median()),
+            "ssim": float(ssim(images, full).mean()),
+            "class_accuracy": float((preds == torch.as_tensor(labels)).float().mean()),
+            "frechet_distance": frechet_distance(feats.double().numpy(), real_feats)}
+
+
+def _batch1_seconds(generator, runs: dict, conditions, seeds, repeats: int) -> dict:
+    """Median seconds per sample at batch 1 for each named run, repeats interleaved across runs."""
+    times = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, kwargs in runs.items():
+            start = time.perf_counter()
+            for c, s in zip(conditions, seeds):
+                generator.sample([c], [s], batch_size=1, **kwargs)
+            times[name].append((time.perf_counter() - start) / len(seeds))
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def evaluate_policy(generator, policy, classifier, n: int = 256, budget: float | None = None,
+                    seed: int = HELD_OUT_SEED, batch_size: int = 64, greedy: bool = True,
+                    timing_samples: int = 4, timing_repeats: int = 5, progress: bool = True) -> dict:
+    """Compare ``policy`` with full compute and uniform step reduction on ``n`` held-out pairs."""
+    policy.check_compatible(generator)
+    budget = policy.config.budget if budget is None else float(budget)
+    steps = policy.config.num_steps or generator.default_steps
+    labels = [i % generator.num_classes for i in range(n)]
+    seeds = [seed + i for i in range(n)]
+    real_images, _ = shapes_data.make_batch(seed + 10_000_019, n)
+    _, real_feats = classify(classifier, torch.from_numpy(real_images))
+    real_feats = real_feats.double().numpy()
+
+    full, _ = generator.sample(labels, seeds, num_steps=steps, batch_size=batch_size, progress=progress)
+    decide = policy.decide(budget, greedy=greedy)
+    fast, stats = generator.sample(labels, seeds, num_steps=steps, decisions=decide, batch_size=batch_size,
+                                   progress=progress)
+    flops = float(stats["flops_fraction"].mean())
+    methods = [{"method": "full compute", "num_steps": steps, "flops_fraction": 1.0,
+                **_quality(full, full, labels, classifier, real_feats)},
+               {"method": "policy", "budget": budget, "greedy": greedy, "flops_fraction": flops,
+                "flops_fraction_max": float(stats["flops_fraction"].max()),
+                "model_calls_mean": float(stats["model_calls"].mean()),
+                **_quality(fast, full, labels, classifier, real_feats)}]
+    uniform_steps = sorted({max(1, math.floor(flops * steps)), max(1, math.ceil(flops * steps))})
+    for k in uniform_steps:
+        images, _ = generator.sample(labels, seeds, num_steps=k, batch_size=batch_size, progress=progress)
+        methods.append({"method": f"uniform {k} steps", "num_steps": k, "flops_fraction": k / steps,
+                        **_quality(images, full, labels, classifier, real_feats)})
+    # uniform step reduction interpolated to exactly the policy's FLOPs (PSNR is smooth in steps)
+    lo, hi = methods[2], methods[-1]
+    if hi["flops_fraction"] > lo["flops_fraction"]:
+        w = (flops - lo["flops_fraction"]) / (hi["flops_fraction"] - lo["flops_fraction"])
+        matched = lo["psnr_db"] + w * (hi["psnr_db"] - lo["psnr_db"])
+    else:
+        matched = lo["psnr_db"]
+
+    runs = {"full compute": {"num_steps": steps}, "policy": {"num_steps": steps, "decisions": decide}}
+    runs.update({f"uniform {k} steps": {"num_steps": k} for k in uniform_steps})
+    seconds = _batch1_seconds(generator, runs, labels[:timing_samples], seeds[:timing_samples], timing_repeats)
+    for m in methods:
+        m["speedup_flops"] = 1.0 / m["flops_fraction"]
+        m["seconds_batch1"] = seconds[m["method"]]
+        m["speedup_wall_batch1"] = seconds["full compute"] / seconds[m["method"]]
+    policy_row = methods[1]
+    return {
+        "n": n, "num_steps": steps, "guidance": generator.default_guidance, "budget": budget,
+        "held_out_seeds": [seed, seed + n - 1],
+        "methods": methods,
+        "uniform_psnr_at_policy_flops": matched,
+        "psnr_gain_over_uniform_db": policy_row["psnr_db"] - matched,
+        "accuracy_drop_points": 100 * (methods[0]["class_accuracy"] - policy_row["class_accuracy"]),
+        "timing": {"samples": timing_samples, "repeats": timing_repeats, "statistic": "median, interleaved"},
+        "machine": machine_description(), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+        "generator": generator.path,
+    }
+
+
+def markdown_table(result: dict) -> str:
+    lines = [f"n = {result['n']} held-out (class, noise) pairs (seeds {result['held_out_seeds'][0]}-"
+             f"{result['held_out_seeds'][1]}), {result['num_steps']} steps, guidance {result['guidance']}, "
+             f"budget {result['budget']}; {result['machine']}, {result['date']}. Wall-clock: batch 1, "
+             f"{result['timing']['samples']} samples, median of {result['timing']['repeats']} interleaved repeats.",
+             "",
+             "| method | FLOPs fraction | FLOPs speedup | wall-clock speedup (batch 1) | PSNR to full (dB) | SSIM | "
+             "class accuracy | Frechet distance |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for m in result["methods"]:
+        lines.append(f"| {m['method']} | {m['flops_fraction']:.3f} | {m['speedup_flops']:.2f}x | "
+                     f"{m['speedup_wall_batch1']:.2f}x | "
+                     f"{'reference' if m['method'] == 'full compute' else format(m['psnr_db'], '.2f')} | "
+                     f"{m['ssim']:.4f} | {m['class_accuracy']:.4f} | {m['frechet_distance']:.1f} |")
+    lines += ["", f"Uniform step reduction interpolated to the policy's FLOPs: "
+                  f"{result['uniform_psnr_at_policy_flops']:.2f} dB; the policy: "
+                  f"{result['psnr_gain_over_uniform_db']:+.2f} dB. Class accuracy: "
+                  f"{-result['accuracy_drop_points']:+.2f} points vs full compute."]
+    return "\n".join(lines) + "\n"

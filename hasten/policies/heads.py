@@ -1,0 +1,215 @@
+"""Policy heads: a small MLP trunk and one categorical head per knob (DESIGN.md, "Policies").
+
+Decisions of the knobs are independent given the observation (the joint log-probability is the
+sum over heads). The budget column of the observation conditions the policy on a target speed,
+so one trained policy serves many budgets; with ``budget_conditioned=False`` that column is
+zeroed. Levels a policy may not use (``allowed_levels``) are masked out of its heads.
+
+Saved as ``policy.safetensors`` + ``policy_config.json`` (never pickle); the config records the
+knob levels, the observation columns and the generator family, and loading a policy into an
+incompatible generator is a clear error.
+
+Example:
+    >>> policy = Policy(PolicyConfig(family="flux"))
+    >>> actions, logp = policy.act(torch.zeros(2, len(OBSERVATION)))
+    >>> actions.shape, logp.shape
+    (torch.Size([2, 3]), torch.Size([2]))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from torch.distributions import Categorical
+
+from hasten.errors import HastenError
+from hasten.generators.adapter import OBSERVATION
+from hasten.generators.knobs import KNOBS
+from hasten.io import atomic_directory, read_json, read_safetensors
+
+CONFIG_NAME = "policy_config.json"
+WEIGHTS_NAME = "policy.safetensors"
+KNOB_NAMES = tuple(k.name for k in KNOBS)
+
+
+@dataclass
+class PolicyConfig:
+    """Architecture and contract of a policy (filled from the experiment file's ``policy`` section)."""
+
+    hidden: int = 64  # width of the MLP trunk
+    layers: int = 2  # hidden layers of the trunk
+    budget_conditioned: bool = True  # read the target budget from the observation
+    allowed_levels: dict = field(default_factory=dict)  # knob -> levels the policy may choose (default: all)
+    init_probs: dict = field(default_factory=dict)  # knob -> initial probability of each level (default: uniform)
+    family: str = ""  # generator family the policy was trained for (set by the trainer)
+    generator: str = ""  # generator it was trained on (informative)
+    num_steps: int = 0  # schedule length it was trained on (set by the trainer)
+    budget: float = 0.4  # default target budget at inference
+    knobs: dict = field(default_factory=lambda: {k.name: list(k.levels) for k in KNOBS})
+    observation: list = field(default_factory=lambda: list(OBSERVATION))
+
+    def __post_init__(self):
+        if self.hidden < 1 or self.layers < 0:
+            raise ValueError(f"hidden={self.hidden}, layers={self.layers}: expected hidden >= 1 and layers >= 0")
+        if not 0 < self.budget <= 1:
+            raise ValueError(f"budget={self.budget}: expected a FLOPs fraction in (0, 1]")
+        for section in (self.allowed_levels, self.init_probs):
+            unknown = sorted(set(section) - set(KNOB_NAMES))
+            if unknown:
+                raise ValueError(f"unknown knob(s) {unknown}; expected some of {list(KNOB_NAMES)}")
+        for knob in KNOBS:
+            levels = self.allowed_levels.get(knob.name, list(range(len(knob.levels))))
+            if not levels or any(not isinstance(v, int) or not 0 <= v < len(knob.levels) for v in levels):
+                raise ValueError(f"allowed_levels.{knob.name}={levels}: expected a non-empty list of level "
+                                 f"indices in 0..{len(knob.levels) - 1} ({', '.join(map(str, knob.levels))})")
+            probs = self.init_probs.get(knob.name)
+            if probs is not None and (len(probs) != len(knob.levels) or any(p < 0 for p in probs) or sum(probs) <= 0):
+                raise ValueError(f"init_probs.{knob.name}={probs}: expected {len(knob.levels)} non-negative "
+                                 "numbers with a positive sum")
+
+
+class Policy(nn.Module):
+    """Tri-level policy heads over the knobs of a DiT generator."""
+
+    def __init__(self, config: PolicyConfig):
+        super().__init__()
+        self.config = config
+        width, layers = config.hidden, []
+        in_dim = len(config.observation)
+        for _ in range(config.layers):
+            layers += [nn.Linear(in_dim, width), nn.Tanh()]
+            in_dim = width
+        self.trunk = nn.Sequential(*layers)
+        self.heads = nn.ModuleDict({k.name: nn.Linear(in_dim, len(k.levels)) for k in KNOBS})
+        mask = torch.zeros(len(KNOBS), max(len(k.levels) for k in KNOBS), dtype=torch.bool)
+        for i, knob in enumerate(KNOBS):
+            mask[i, config.allowed_levels.get(knob.name, list(range(len(knob.levels))))] = True
+        self.register_buffer("allowed", mask, persistent=False)
+        self._budget_column = list(config.observation).index("budget")
+        with torch.no_grad():  # near-uniform start, or the configured initial probabilities
+            for knob in KNOBS:
+                head = self.heads[knob.name]
+                head.weight.mul_(0.01)
+                probs = config.init_probs.get(knob.name)
+                head.bias.copy_(torch.log(torch.tensor(probs, dtype=torch.float32).clamp_min(1e-3))
+                                if probs is not None else torch.zeros(len(knob.levels)))
+
+    # ------------------------------------------------------------------------------ distributions
+    def forward(self, obs: torch.Tensor) -> list[torch.Tensor]:
+        """(B, obs_dim) observations -> one (B, levels) logit tensor per knob (masked levels at -inf)."""
+        obs = torch.as_tensor(obs, dtype=torch.float32)
+        if not self.config.budget_conditioned:
+            obs = obs.clone()
+            obs[:, self._budget_column] = 0.0
+        h = self.trunk(obs)
+        out = []
+        for i, knob in enumerate(KNOBS):
+            logits = self.heads[knob.name](h)
+            out.append(logits.masked_fill(~self.allowed[i, : logits.shape[1]], float("-inf")))
+        return out
+
+    def distributions(self, obs) -> list[Categorical]:
+        return [Categorical(logits=logits) for logits in self(obs)]
+
+    @torch.no_grad()
+    def act(self, obs, greedy: bool = False, generator: torch.Generator | None = None,
+            uniforms: torch.Tensor | None = None):
+        """Sample (or, ``greedy``, take the most likely) levels: ((B, 3) long actions, (B,) log-probs).
+
+        ``uniforms`` (B, 3) in [0, 1) make the draw explicit (inverse CDF per knob), so that a row's
+        decisions depend only on its own random numbers, whatever batch it runs in.
+        """
+        dists = self.distributions(obs)
+        if greedy:
+            actions = torch.stack([d.probs.argmax(-1) for d in dists], dim=1)
+        else:
+            if uniforms is None:
+                uniforms = torch.rand(len(dists[0].probs), len(dists), generator=generator)
+            actions = torch.stack([(d.probs.cumsum(-1) < uniforms[:, i:i + 1]).sum(-1).clamp(max=d.probs.shape[-1] - 1)
+                                   for i, d in enumerate(dists)], dim=1)
+        return actions, self.log_prob(dists, actions)
+
+    @staticmethod
+    def log_prob(dists: list[Categorical], actions: torch.Tensor) -> torch.Tensor:
+        return sum(d.log_prob(actions[:, i]) for i, d in enumerate(dists))
+
+    def evaluate(self, obs, actions) -> tuple[torch.Tensor, torch.Tensor]:
+        """Joint log-probability (B,) of ``actions`` and joint entropy (B,), with gradients."""
+        dists = self.distributions(obs)
+        entropy = sum(d.entropy() for d in dists)
+        return self.log_prob(dists, torch.as_tensor(actions, dtype=torch.long)), entropy
+
+    # ------------------------------------------------------------------------------ inference
+    def decide(self, budget: float | None = None, greedy: bool = True, seed: int = 0):
+        """A ``decide(rollout) -> (B, 3)`` callable for ``generator.sample(..., decisions=...)``."""
+        budget = self.config.budget if budget is None else float(budget)
+        if not 0 < budget <= 1:
+            raise HastenError(f"budget={budget}: expected a FLOPs fraction in (0, 1]")
+        generator = torch.Generator().manual_seed(seed)
+
+        def decide(rollout):
+            obs = torch.from_numpy(rollout.observation(budget))
+            return self.act(obs, greedy=greedy, generator=generator)[0].numpy()
+
+        return decide
+
+    def check_compatible(self, generator, where: str = "policy") -> None:
+        """Raise a clear error when this policy was trained for another generator family or schedule."""
+        family = generator.family.name
+        if self.config.family and self.config.family != family:
+            raise HastenError(f"{where}: trained for the {self.config.family!r} generator family "
+                              f"({self.config.generator or 'unknown generator'}); this generator is {family!r}")
+        current = {k.name: list(k.levels) for k in KNOBS}
+        if {k: list(v) for k, v in self.config.knobs.items()} != current:
+            raise HastenError(f"{where}: knob levels {self.config.knobs} differ from this hasten's {current}")
+
+    # ------------------------------------------------------------------------------ save / load
+    def save_pretrained(self, path: str) -> None:
+        """Write ``path/policy.safetensors`` and ``path/policy_config.json`` atomically."""
+        import json
+
+        from safetensors.torch import save_file
+
+        with atomic_directory(path) as tmp:
+            save_file({k: v.detach().contiguous() for k, v in self.state_dict().items()},
+                      os.path.join(tmp, WEIGHTS_NAME))
+            with open(os.path.join(tmp, CONFIG_NAME), "w") as f:
+                json.dump(dataclasses.asdict(self.config), f, indent=2)
+
+    @classmethod
+    def from_pretrained(cls, path: str) -> "Policy":
+        """Load a policy folder; errors name the file and what was expected."""
+        from hasten.config import from_dict
+
+        if not os.path.isdir(path):
+            raise HastenError(f"{path}: policy folder not found (expected a folder with {CONFIG_NAME} "
+                              f"and {WEIGHTS_NAME}, written by `hasten train`)")
+        config_file = os.path.join(path, CONFIG_NAME)
+        config = from_dict(PolicyConfig, read_json(config_file), source=config_file)
+        if list(config.observation) != list(OBSERVATION):
+            raise HastenError(f"{config_file}: observation columns {config.observation}; this hasten "
+                              f"provides {list(OBSERVATION)}")
+        policy = cls(config)
+        weights = os.path.join(path, WEIGHTS_NAME)
+        state = read_safetensors(weights)
+        try:
+            policy.load_state_dict(state, strict=True)
+        except RuntimeError as e:
+            raise HastenError(f"{weights}: weights do not match {CONFIG_NAME} "
+                              f"({str(e).splitlines()[0]})") from e
+        return policy.eval()
+
+
+def load_policy(path: str, generator=None) -> Policy:
+    """``Policy.from_pretrained(path)``, checked against ``generator`` when given."""
+    policy = Policy.from_pretrained(path)
+    if generator is not None:
+        policy.check_compatible(generator, where=path)
+    return policy
+
+

@@ -1,0 +1,394 @@
+"""GRPO for acceleration-policy heads against a frozen generator (DESIGN.md, "Training: GRPO").
+
+The loop reads top to bottom, one iteration at a time:
+
+    rollout    G episodes of each (class, noise) pair, decisions sampled from the policy
+    reward     composite of fidelity, cost and the discriminator, at each episode's end
+    advantage  (r - group mean) / (group std + eps)
+    update     clipped-ratio objective over every decision of each trajectory, several passes,
+               optional KL to the initial policy, entropy bonus; then the discriminator
+
+A run folder ``runs/<name>/`` holds the resolved config, TensorBoard events, ``metrics.jsonl``,
+the cached full-compute references, the checkpoint and the policy (``policy/``).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import time
+
+import numpy as np
+import torch
+
+from hasten.config import from_dict, to_dict
+from hasten.errors import HastenError
+from hasten.generators.knobs import KNOBS
+from hasten.io import write_text_atomic
+from hasten.metrics import psnr
+from hasten.policies.heads import Policy
+from hasten.trainers.grpo_config import DEFAULT_EXPERIMENT_REWARDS, ExperimentConfig
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINT_DIR = "checkpoint"
+POLICY_DIR = "policy"
+TIME_BUCKETS = 4
+
+
+# ----------------------------------------------------------------------------- the GRPO maths
+def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-4) -> torch.Tensor:
+    """(N,) episode rewards, rows grouped consecutively by ``group_size`` -> (N,) advantages.
+
+    Example:
+        >>> group_advantages(torch.tensor([1.0, 3.0, 0.0, 0.0]), 2, eps=0.0).tolist()
+        [-0.7071067690849304, 0.7071067690849304, 0.0, 0.0]
+    """
+    groups = rewards.double().view(-1, group_size)
+    mean = groups.mean(dim=1, keepdim=True)
+    std = groups.std(dim=1, keepdim=True)  # unbiased, as TRL's GRPO
+    return ((groups - mean) / (std + eps)).view(-1).float()
+
+
+def grpo_loss(logp: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Tensor, episode: torch.Tensor,
+              num_episodes: int, clip: float, entropy: torch.Tensor | None = None, entropy_coef: float = 0.0,
+              logp_ref: torch.Tensor | None = None, kl_coef: float = 0.0) -> tuple[torch.Tensor, dict]:
+    """Clipped-ratio GRPO objective over decisions (one row per decision).
+
+    Each decision carries its episode's advantage; the clipped surrogate is averaged over the
+    decisions of each episode, then over episodes (so long and short trajectories weigh the same).
+
+    Args:
+        logp, logp_old: (M,) log-probabilities under the current and the sampling policy.
+        advantages: (N,) per episode; ``episode``: (M,) episode index of each decision.
+        clip: ratio clip epsilon; entropy: (M,) for the bonus; logp_ref: (M,) for the KL (k3).
+
+    Returns:
+        (loss, {"policy": surrogate loss, "kl": ..., "entropy": ..., "clip_fraction": ...}).
+    """
+    ratio = torch.exp(logp - logp_old)
+    adv = advantages[episode]
+    surrogate = torch.minimum(ratio * adv, ratio.clamp(1 - clip, 1 + clip) * adv)
+    counts = torch.zeros(num_episodes, dtype=logp.dtype).index_add_(0, episode, torch.ones_like(logp))
+    per_decision_weight = 1.0 / (counts[episode] * num_episodes)
+    policy_loss = -(surrogate * per_decision_weight).sum()
+    loss = policy_loss
+    stats = {"policy": policy_loss.item(), "clip_fraction": float(((ratio - 1).abs() > clip).float().mean())}
+    if entropy is not None:
+        mean_entropy = (entropy * per_decision_weight).sum()
+        loss = loss - entropy_coef * mean_entropy
+        stats["entropy"] = mean_entropy.item()
+    if logp_ref is not None and kl_coef > 0:
+        delta = logp_ref - logp
+        kl = ((torch.exp(delta) - delta - 1) * per_decision_weight).sum()
+        loss = loss + kl_coef * kl
+        stats["kl"] = kl.item()
+    return loss, stats
+
+
+# ----------------------------------------------------------------------------- the trainer
+class GRPOTrainer:
+    """Trains a :class:`~hasten.policies.Policy` for a frozen generator with GRPO.
+
+    Args:
+        config: the experiment.
+        run_dir: the run folder (created after every check passed).
+        generator: an already loaded generator adapter (loaded from ``config.generator`` when None).
+    """
+
+    def __init__(self, config: ExperimentConfig, run_dir: str, generator=None):
+        from hasten.envs.denoising import DenoisingVectorEnv
+        from hasten.envs.references import ReferenceCache
+        from hasten.generators import load_generator
+        from hasten.rewards import build_reward
+        from hasten.rollouts import InProcessPool
+
+        self.config, self.run_dir = config, run_dir
+        g = config.grpo
+        if config.rollouts.threads:
+            torch.set_num_threads(config.rollouts.threads)
+        # Everything that can fail on user input fails here, before the run folder exists.
+        self.reward = build_reward(config.rewards, where="rewards")
+        self.generator = generator if generator is not None else load_generator(config.generator)
+        self.num_steps = config.num_steps or self.generator.default_steps
+        self.guidance = self.generator.default_guidance if config.guidance == -1.0 else config.guidance
+        self.discriminator = self.reward.get("discriminator")
+        torch.manual_seed(config.seed)
+        policy_config = copy.deepcopy(config.policy)
+        policy_config.family = self.generator.family.name
+        policy_config.generator = config.generator
+        policy_config.num_steps = self.num_steps
+        policy_config.budget = config.budget
+        self.policy = Policy(policy_config)
+        self.initial_policy = copy.deepcopy(self.policy).requires_grad_(False) if g.kl_coef > 0 else None
+        self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=g.lr, weight_decay=g.weight_decay)
+        references = ReferenceCache(self.generator, self.num_steps, self.guidance,
+                                    os.path.join(run_dir, "references"))
+        self.env = DenoisingVectorEnv(num_envs=g.groups_per_iteration * g.group_size, generator=self.generator,
+                                      num_steps=self.num_steps, guidance=self.guidance, budget=config.budget,
+                                      rewards=self.reward, references=references)
+        self.pool = InProcessPool(self.env)
+        rng = np.random.default_rng(config.seed)
+        self.pairs = np.stack([np.arange(config.train_pairs) % self.generator.num_classes,
+                               rng.integers(0, 1_000_000, size=config.train_pairs)], axis=1)
+        self.iteration = 0
+        self.writer = None
+
+    # ------------------------------------------------------------------------- one iteration
+    def iteration_plan(self, iteration: int):
+        """The (conditions, seeds, budgets, row seeds) of an iteration: a function of (seed, iteration) only."""
+        c, g = self.config, self.config.grpo
+        rng = np.random.default_rng([c.seed, iteration])
+        chosen = rng.choice(len(self.pairs), size=g.groups_per_iteration, replace=False)
+        pairs = np.repeat(self.pairs[chosen], g.group_size, axis=0)
+        if c.budget_range:
+            budgets = np.repeat(rng.uniform(c.budget_range[0], c.budget_range[1], g.groups_per_iteration),
+                                g.group_size)
+        else:
+            budgets = np.full(len(pairs), c.budget)
+        row_seeds = rng.integers(0, 2**62, size=len(pairs))
+        return pairs[:, 0], pairs[:, 1], budgets, row_seeds
+
+    def train_iteration(self, iteration: int) -> dict:
+        g = self.config.grpo
+        # rollout (the reward is computed by the env at each episode's end)
+        t0 = time.perf_counter()
+        conditions, seeds, budgets, row_seeds = self.iteration_plan(iteration)
+        batch = self.pool.collect(self.policy, conditions, seeds, budgets, row_seeds)
+        t1 = time.perf_counter()
+        # advantage
+        rewards = torch.from_numpy(batch.rewards)
+        advantages = group_advantages(rewards, g.group_size, g.advantage_eps)
+        # update
+        update_stats = self.update(batch, advantages)
+        if self.discriminator is not None:
+            update_stats["discriminator"] = self.discriminator.update(torch.from_numpy(batch.references),
+                                                                      torch.from_numpy(batch.images))
+        t2 = time.perf_counter()
+        return self.metrics(iteration, batch, advantages, update_stats, rollout_s=t1 - t0, update_s=t2 - t1)
+
+    def update(self, batch, advantages: torch.Tensor) -> dict:
+        """Several passes of the clipped objective over all decisions of the batch."""
+        g = self.config.grpo
+        t_idx, n_idx = np.nonzero(batch.active)
+        obs = torch.from_numpy(batch.obs[t_idx, n_idx])
+        actions = torch.from_numpy(batch.actions[t_idx, n_idx])
+        logp_old = torch.from_numpy(batch.logp[t_idx, n_idx])
+        episode = torch.from_numpy(n_idx)
+        logp_ref = None
+        if self.initial_policy is not None:
+            with torch.no_grad():
+                logp_ref, _ = self.initial_policy.evaluate(obs, actions)
+        self.policy.train()
+        stats: dict = {}
+        for _ in range(g.epochs):
+            logp, entropy = self.policy.evaluate(obs, actions)
+            loss, stats = grpo_loss(logp, logp_old, advantages, episode, batch.num_episodes, g.clip,
+                                    entropy=entropy, entropy_coef=g.entropy_coef, logp_ref=logp_ref,
+                                    kl_coef=g.kl_coef)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.policy.parameters(), g.max_grad_norm))
+            self.optimizer.step()
+            stats["loss"] = loss.item()
+        self.policy.eval()
+        return stats
+
+    def metrics(self, iteration, batch, advantages, update_stats, rollout_s, update_s) -> dict:
+        fidelity = psnr(torch.from_numpy(batch.images), torch.from_numpy(batch.references)).clamp(max=100)
+        flops = batch.flops_fraction
+        m = {
+            "iteration": iteration,
+            "charts/reward": float(batch.rewards.mean()),
+            "charts/speedup_flops": float(1.0 / flops.mean()),
+            "charts/flops_fraction": float(flops.mean()),
+            "charts/fidelity_psnr": float(fidelity.mean()),
+            "charts/within_budget": float((flops <= batch.budgets + 1e-9).mean()),
+            "losses/policy": update_stats["policy"],
+            "losses/total": update_stats["loss"],
+            "losses/grad_norm": update_stats["grad_norm"],
+            "policy/entropy": update_stats.get("entropy", float("nan")),
+            "policy/clip_fraction": update_stats["clip_fraction"],
+            "policy/advantage_abs": float(advantages.abs().mean()),
+            "timing_s/rollout": rollout_s,
+            "timing_s/update": update_s,
+            "perf/episodes_per_s": batch.num_episodes / max(rollout_s, 1e-9),
+        }
+        if "kl" in update_stats:
+            m["losses/kl"] = update_stats["kl"]
+        if "discriminator" in update_stats:
+            m["losses/discriminator"] = update_stats["discriminator"]
+        for name, values in batch.terms.items():
+            m[f"rewards/{name}/mean"] = float(np.mean(values))
+            m[f"rewards/{name}/std"] = float(np.std(values))
+        m.update(decision_frequencies(batch.decisions))
+        return m
+
+    # ------------------------------------------------------------------------- the run
+    def train(self, resume: bool = False, progress: bool = True, on_iteration=None) -> str:
+        """Run (or continue) the iterations; returns the policy folder.
+
+        ``on_iteration(iteration, metrics)`` is called after each iteration (and its checkpoint).
+        """
+        from torch.utils.tensorboard import SummaryWriter
+
+        c = self.config
+        os.makedirs(self.run_dir, exist_ok=True)
+        if resume:
+            self.load_checkpoint()
+        else:
+            import yaml
+
+            write_text_atomic(os.path.join(self.run_dir, CONFIG_FILE), yaml.safe_dump(to_dict(c), sort_keys=False))
+        _truncate_metrics(os.path.join(self.run_dir, METRICS_FILE), self.iteration)
+        self.writer = SummaryWriter(os.path.join(self.run_dir, "tb"), purge_step=self.iteration if resume else None)
+        if not resume:
+            import yaml
+
+            self.writer.add_text("config", "```yaml\n" + yaml.safe_dump(to_dict(c), sort_keys=False) + "\n```", 0)
+        iterations = range(self.iteration, c.grpo.iterations)
+        bar = None
+        if progress and c.logging.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=c.grpo.iterations, initial=self.iteration, desc=f"train {c.name}", dynamic_ncols=True)
+        try:
+            for iteration in iterations:
+                m = self.train_iteration(iteration)
+                self.iteration = iteration + 1
+                self.log(iteration, m)
+                if (iteration + 1) % c.logging.sample_every == 0 or iteration == 0:
+                    self.log_samples(iteration)
+                if self.iteration % c.logging.checkpoint_every == 0 or self.iteration == c.grpo.iterations:
+                    self.save_checkpoint()
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(reward=f"{m['charts/reward']:.3f}", speedup=f"{m['charts/speedup_flops']:.2f}x",
+                                    psnr=f"{m['charts/fidelity_psnr']:.1f}dB")
+                if on_iteration is not None:
+                    on_iteration(iteration, m)
+        finally:
+            if bar is not None:
+                bar.close()
+            self.writer.close()
+        return os.path.join(self.run_dir, POLICY_DIR)
+
+    def log(self, iteration: int, m: dict) -> None:
+        for key, value in m.items():
+            if key != "iteration" and np.isfinite(value):
+                self.writer.add_scalar(key, value, iteration)
+        with open(os.path.join(self.run_dir, METRICS_FILE), "a") as f:
+            f.write(json.dumps(m) + "\n")
+
+    def log_samples(self, iteration: int, n: int = 8) -> None:
+        """A grid of full-compute (top row) vs greedy-policy samples (bottom row) of training pairs."""
+        n = min(n, len(self.pairs))
+        conditions, seeds = self.pairs[:n, 0].tolist(), self.pairs[:n, 1].tolist()
+        images, _ = self.generator.sample(conditions, seeds, num_steps=self.num_steps, guidance=self.guidance,
+                                          decisions=self.policy.decide(self.config.budget))
+        full = self.env.references.get(conditions, seeds)
+        grid = torch.cat([full, images.cpu()])  # (2n, C, H, W)
+        grid = grid.view(2, n, *grid.shape[1:]).permute(2, 0, 3, 1, 4).reshape(grid.shape[1], 2 * grid.shape[2], -1)
+        self.writer.add_image("samples/full_top_vs_accelerated_bottom", (grid.clamp(-1, 1) + 1) / 2, iteration)
+
+    # ------------------------------------------------------------------------- checkpoints
+    def save_checkpoint(self) -> None:
+        from hasten.checkpoint import optimizer_to_flat, save_checkpoint
+
+        tensors = {f"policy.{k}": v for k, v in self.policy.state_dict().items()}
+        optim_tensors, optim_meta = optimizer_to_flat(self.optimizer, "optim")
+        tensors.update(optim_tensors)
+        state = {"iteration": self.iteration, "optim": optim_meta, "references": self.env.references.shards,
+                 "rng_torch_seed_state": None}
+        tensors["rng.torch"] = torch.get_rng_state()
+        if self.initial_policy is not None:
+            tensors.update({f"initial_policy.{k}": v for k, v in self.initial_policy.state_dict().items()})
+        if self.discriminator is not None:
+            tensors.update({f"disc.{k}": v for k, v in self.discriminator.net.state_dict().items()})
+            disc_tensors, disc_meta = optimizer_to_flat(self.discriminator.optimizer, "disc_optim")
+            tensors.update(disc_tensors)
+            state["disc_optim"] = disc_meta
+        save_checkpoint(os.path.join(self.run_dir, CHECKPOINT_DIR), tensors, state)
+        self.policy.save_pretrained(os.path.join(self.run_dir, POLICY_DIR))
+
+    def load_checkpoint(self) -> None:
+        from hasten.checkpoint import load_checkpoint, optimizer_from_flat
+
+        tensors, state = load_checkpoint(os.path.join(self.run_dir, CHECKPOINT_DIR))
+
+        def part(prefix):
+            return {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+
+        self.policy.load_state_dict(part("policy"))
+        optimizer_from_flat(self.optimizer, tensors, state["optim"], "optim")
+        if self.initial_policy is not None:
+            self.initial_policy.load_state_dict(part("initial_policy"))
+        if self.discriminator is not None:
+            if "disc_optim" not in state:
+                raise HastenError(f"{self.run_dir}: the checkpoint has no discriminator; the config asks for one")
+            self.discriminator.net.load_state_dict(part("disc"))
+            optimizer_from_flat(self.discriminator.optimizer, tensors, state["disc_optim"], "disc_optim")
+        torch.set_rng_state(tensors["rng.torch"])
+        self.iteration = int(state["iteration"])
+
+
+def decision_frequencies(decisions: np.ndarray) -> dict:
+    """``policy/<knob>/<level>/t<bucket>``: share of model calls at each level, per quarter of the schedule."""
+    n, steps, _ = decisions.shape
+    out = {}
+    bounds = np.linspace(0, steps, TIME_BUCKETS + 1).round().astype(int)
+    for b in range(TIME_BUCKETS):
+        window = decisions[:, bounds[b]:bounds[b + 1]]
+        calls = window[..., 0] >= 0
+        total = max(int(calls.sum()), 1)
+        for k, knob in enumerate(KNOBS):
+            for level, value in enumerate(knob.levels):
+                out[f"policy/{knob.name}/{value}/t{b}"] = float((window[..., k][calls] == level).sum() / total)
+    return out
+
+
+def _truncate_metrics(path: str, iteration: int) -> None:
+    """Drop metric lines of iterations >= ``iteration`` (logged after the checkpoint a resumed run starts from)."""
+    if not os.path.isfile(path):
+        return
+    with open(path) as f:
+        lines = [line for line in f if line.strip() and json.loads(line)["iteration"] < iteration]
+    write_text_atomic(path, "".join(lines))
+
+
+# ----------------------------------------------------------------------------- entry points
+def load_experiment(path: str | None, overrides: list[str] | None = None) -> ExperimentConfig:
+    from hasten.config import apply_overrides, load_document
+
+    data = load_document(path) if path else {}
+    if "rewards" not in data:  # so that --set rewards.discriminator.weight=0 edits the default terms
+        data["rewards"] = copy.deepcopy(DEFAULT_EXPERIMENT_REWARDS)
+    data = apply_overrides(data, overrides)
+    return from_dict(ExperimentConfig, data, source=path or "experiment")
+
+
+def new_run_dir(root: str, name: str) -> str:
+    """``root/name``, or ``root/name-2``, ``-3``... when it exists (a finished run is never overwritten)."""
+    path, k = os.path.join(root, name), 2
+    while os.path.exists(path):
+        path, k = os.path.join(root, f"{name}-{k}"), k + 1
+    return path
+
+
+def train(config: ExperimentConfig, run_dir: str, resume: bool = False, progress: bool = True,
+          on_iteration=None, generator=None) -> str:
+    """Train (or, ``resume``, continue) a policy; returns the policy folder."""
+    trainer = GRPOTrainer(config, run_dir, generator=generator)
+    return trainer.train(resume=resume, progress=progress, on_iteration=on_iteration)
+
+
+def resume_config(run_dir: str, overrides: list[str] | None = None) -> ExperimentConfig:
+    """The resolved config saved in a run folder (``--set`` may extend ``grpo.iterations``)."""
+    path = os.path.join(run_dir, CONFIG_FILE)
+    if not os.path.isfile(path):
+        raise HastenError(f"{run_dir}: not a hasten run folder (no {CONFIG_FILE}); expected runs/<name>")
+    return load_experiment(path, overrides)

@@ -1,0 +1,128 @@
+"""The experiment file of ``hasten train``: one dataclass per section, every field typed, defaulted
+and explained; cross-field checks fail with the numbers and the fix (TRL's ``grpo_config.py``).
+
+Example (``experiments/quickstart.yaml``)::
+
+    name: quickstart
+    generator: embedded:shapes
+    budget: 0.4
+    grpo: {iterations: 24, groups_per_iteration: 8, group_size: 8}
+    rewards:
+      fidelity: {weight: 1.0}
+      cost: {weight: 4.0, mode: overshoot}
+      discriminator: {weight: 0.5}
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+from hasten.policies.heads import PolicyConfig
+
+#: name -> {weight, options}: PSNR/10 to full compute, -4x the relative budget overshoot, P(full) by the discriminator
+DEFAULT_EXPERIMENT_REWARDS = {"fidelity": {"weight": 1.0}, "cost": {"weight": 4.0, "mode": "overshoot"},
+                              "discriminator": {"weight": 0.5}}
+
+
+@dataclass
+class GRPOConfig:
+    """Group Relative Policy Optimization of the heads (Shao et al. 2024, DeepSeekMath)."""
+
+    iterations: int = 24  # training iterations (rollout -> reward -> advantage -> update)
+    groups_per_iteration: int = 8  # distinct (class, noise) pairs per iteration
+    group_size: int = 8  # rollouts of the same pair with sampled decisions (G)
+    epochs: int = 4  # optimisation passes over each iteration's batch
+    lr: float = 3e-3  # AdamW learning rate of the heads
+    weight_decay: float = 0.0  # AdamW weight decay
+    clip: float = 0.2  # PPO ratio clipping epsilon
+    kl_coef: float = 0.0  # weight of the KL to the initial policy (k3 estimator)
+    entropy_coef: float = 0.01  # entropy bonus
+    max_grad_norm: float = 1.0  # gradient clipping
+    advantage_eps: float = 1e-4  # advantage = (r - mean) / (std + eps)
+
+    def __post_init__(self):
+        if self.group_size < 2:
+            raise ValueError(f"grpo.group_size={self.group_size}: GRPO needs at least 2 samples per group "
+                             "(advantages are relative to the group); set group_size >= 2")
+        for name in ("iterations", "groups_per_iteration", "epochs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"grpo.{name}={getattr(self, name)}: expected an integer >= 1")
+        if self.lr <= 0:
+            raise ValueError(f"grpo.lr={self.lr}: expected a positive learning rate")
+        if not 0 < self.clip < 1:
+            raise ValueError(f"grpo.clip={self.clip}: expected a number in (0, 1), e.g. 0.2")
+        for name in ("kl_coef", "entropy_coef", "weight_decay", "advantage_eps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"grpo.{name}={getattr(self, name)}: expected a number >= 0")
+        if self.max_grad_norm <= 0:
+            raise ValueError(f"grpo.max_grad_norm={self.max_grad_norm}: expected a positive number")
+
+
+@dataclass
+class RolloutConfig:
+    """Where episodes run (the Ray backend is a later issue; in-process is the default)."""
+
+    backend: str = "inprocess"  # "inprocess"
+    threads: int = 2  # torch threads of the rollout process (0 = torch's default)
+
+    def __post_init__(self):
+        if self.backend != "inprocess":
+            raise ValueError(f"rollouts.backend={self.backend!r}: expected 'inprocess' (the Ray backend is not "
+                             "in this version)")
+        if self.threads < 0:
+            raise ValueError(f"rollouts.threads={self.threads}: expected an integer >= 0")
+
+
+@dataclass
+class LoggingConfig:
+    """TensorBoard, sample grids and checkpoints."""
+
+    sample_every: int = 8  # iterations between full-vs-accelerated sample grids
+    checkpoint_every: int = 4  # iterations between checkpoints (and the last one)
+    progress: bool = True  # progress bar
+
+    def __post_init__(self):
+        for name in ("sample_every", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"logging.{name}={getattr(self, name)}: expected an integer >= 1")
+
+
+@dataclass
+class ExperimentConfig:
+    """One ``hasten train`` run: the frozen generator, the target, the policy, rewards and GRPO."""
+
+    generator: str = ""  # embedded:NAME or a generator folder (required)
+    name: str = "run"  # run folder name under runs/
+    seed: int = 0  # seeds the training pairs, the policy init and the decision sampling
+    num_steps: int = 0  # schedule length (0 = the generator's default)
+    guidance: float = -1.0  # guidance scale (-1 = the generator's default)
+    budget: float = 0.4  # target FLOPs fraction (0, 1]
+    budget_range: list[float] = field(default_factory=list)  # [lo, hi]: draw a budget per group instead
+    train_pairs: int = 64  # size of the pool of (class, noise) training pairs
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    rewards: dict = field(default_factory=lambda: copy.deepcopy(DEFAULT_EXPERIMENT_REWARDS))
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    rollouts: RolloutConfig = field(default_factory=RolloutConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def __post_init__(self):
+        if not self.generator:
+            raise ValueError("generator: missing; expected embedded:shapes or a generator folder")
+        if not self.name or "/" in self.name or self.name.startswith("."):
+            raise ValueError(f"name={self.name!r}: expected a plain folder name, e.g. quickstart")
+        if not 0 < self.budget <= 1:
+            raise ValueError(f"budget={self.budget}: expected a FLOPs fraction in (0, 1], e.g. 0.4 for 2.5x")
+        if self.budget_range:
+            lo_hi = self.budget_range
+            if len(lo_hi) != 2 or not 0 < lo_hi[0] <= lo_hi[1] <= 1:
+                raise ValueError(f"budget_range={lo_hi}: expected [lo, hi] with 0 < lo <= hi <= 1")
+        if self.num_steps < 0:
+            raise ValueError(f"num_steps={self.num_steps}: expected an integer >= 1 (or 0 for the generator's)")
+        if self.guidance < 0 and self.guidance != -1.0:
+            raise ValueError(f"guidance={self.guidance}: expected a number >= 0 (or -1 for the generator's)")
+        if self.train_pairs < self.grpo.groups_per_iteration:
+            raise ValueError(f"train_pairs={self.train_pairs} < grpo.groups_per_iteration="
+                             f"{self.grpo.groups_per_iteration}: expected at least one pair per group")
+        if not isinstance(self.rewards, dict) or not self.rewards:
+            raise ValueError("rewards: expected a mapping of reward terms, e.g. {fidelity: {weight: 1.0}}")

@@ -12,7 +12,8 @@ from hasten.cli import main
 from conftest import TINY
 
 COMMANDS = [[], ["generator"], ["generator", "train"], ["generator", "train-classifier"],
-            ["generator", "eval"], ["generator", "info"], ["sample"], ["knobs"], ["knobs", "bench"]]
+            ["generator", "eval"], ["generator", "info"], ["sample"], ["knobs"], ["knobs", "bench"],
+            ["train"], ["policy"], ["policy", "eval"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "hasten")

@@ -229,6 +229,13 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from hasten.report import write_report
+
+    print(f"wrote {write_report(args.run_dir, args.out)}")
+    return 0
+
+
 def cmd_policy_eval(args) -> int:
     from hasten.generators import load_generator
     from hasten.generators.classifier import ShapesClassifier
@@ -244,7 +251,7 @@ def cmd_policy_eval(args) -> int:
     policy = load_policy(args.policy, generator)
     classifier = ShapesClassifier.from_pretrained(args.classifier or classifier_path(generator.path))
     result = evaluate_policy(generator, policy, classifier, n=args.n, budget=args.budget, seed=args.seed,
-                             batch_size=args.batch_size, greedy=not args.sampled,
+                             batch_size=args.batch_size, greedy=args.greedy,
                              timing_samples=args.timing_samples, timing_repeats=args.timing_repeats,
                              progress=not args.quiet)
     result["policy"] = os.path.abspath(args.policy)
@@ -399,6 +406,14 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--quiet", action="store_true", help="no progress bar")
     tr.set_defaults(func=cmd_train)
 
+    # report
+    rep = sub.add_parser("report", help="PNG plots of a training run (reward, speedup, PSNR, decisions)",
+                         description="Plot a run's reward, FLOPs speedup and PSNR curves, its reward terms and "
+                                     "the policy's decisions over the schedule into RUN_DIR/report.png.")
+    rep.add_argument("run_dir", help="a run folder, e.g. runs/quickstart")
+    rep.add_argument("--out", help="PNG path (default: RUN_DIR/report.png)")
+    rep.set_defaults(func=cmd_report)
+
     # policy
     pol = sub.add_parser("policy", help="evaluate trained policies",
                          description="Evaluate trained acceleration policies.")
@@ -416,7 +431,8 @@ def build_parser() -> argparse.ArgumentParser:
     pe.add_argument("--n", type=_positive_int, default=256, help="held-out pairs (default: %(default)s)")
     pe.add_argument("--budget", type=float, help="target FLOPs fraction (default: the policy's)")
     pe.add_argument("--seed", type=int, default=1_000_000, help="first held-out noise seed (default: %(default)s)")
-    pe.add_argument("--sampled", action="store_true", help="sample decisions instead of taking the most likely")
+    pe.add_argument("--greedy", action="store_true",
+                    help="take each knob's most likely level instead of sampling (seeded) as in training")
     pe.add_argument("--batch-size", type=_positive_int, default=64, help="rows per model call")
     pe.add_argument("--timing-samples", type=_positive_int, default=4, help="samples timed at batch 1")
     pe.add_argument("--timing-repeats", type=_positive_int, default=5, help="interleaved timing repeats")

@@ -13,7 +13,7 @@ from conftest import TINY
 
 COMMANDS = [[], ["generator"], ["generator", "train"], ["generator", "train-classifier"],
             ["generator", "eval"], ["generator", "info"], ["sample"], ["knobs"], ["knobs", "bench"],
-            ["train"], ["policy"], ["policy", "eval"]]
+            ["train"], ["policy"], ["policy", "eval"], ["report"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "hasten")

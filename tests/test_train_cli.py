@@ -83,6 +83,10 @@ def test_quickstart_smoke_then_eval_and_sample(tiny_generator_dir, tiny_classifi
     assert report["methods"][0]["speedup_wall_batch1"] == 1.0
     assert all(m["speedup_flops"] >= 1.0 for m in report["methods"])
 
+    assert main(["report", str(run)]) == 0
+    assert Image.open(run / "report.png").size[0] > 600
+    assert_one_line_error(run_cli("report", str(tmp_path)), "no metrics.jsonl")
+
     png = tmp_path / "side.png"
     assert main(["sample", "--generator", tiny_generator_dir, "--policy", str(run / "policy"), "--classes", "0,1",
                  "--n", "2", "--scale", "1", "--quiet", "--out", str(png)]) == 0

@@ -135,7 +135,8 @@ class DenoisingVectorEnv(VectorEnv):
         if self.rollout is None or rows.size == self.num_envs:
             self.rollout = self.generator.start(labels, seeds.tolist(), self.num_steps, self.guidance)
         else:
-            self.rollout.reset_rows(torch.from_numpy(rows), labels[rows], self.generator.noise(seeds[rows].tolist()))
+            self.rollout.reset_rows(torch.from_numpy(rows), labels[rows], self.generator.noise(seeds[rows].tolist()),
+                                    seeds[rows])
         self.seeds[rows] = seeds[rows]
         self.budgets[rows] = budgets[rows]
         return self.rollout.observation(torch.from_numpy(self.budgets)), self._info()

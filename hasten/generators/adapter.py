@@ -250,9 +250,11 @@ class DiTGenerator:
         labels = self.encode(conditions)
         scheduler = self.make_scheduler(num_steps)
         self.attach_knobs()
-        return Rollout(labels=labels, x=self.noise(seeds), num_steps=num_steps, guidance=guidance,
-                       timesteps=(scheduler.timesteps / scheduler.config.num_train_timesteps).cpu(),
-                       sigmas=scheduler.sigmas.cpu(), cfg=guidance != 1.0 and not self.distilled_guidance)
+        rollout = Rollout(labels=labels, x=self.noise(seeds), num_steps=num_steps, guidance=guidance,
+                          timesteps=(scheduler.timesteps / scheduler.config.num_train_timesteps).cpu(),
+                          sigmas=scheduler.sigmas.cpu(), cfg=guidance != 1.0 and not self.distilled_guidance)
+        rollout.seeds = np.asarray(seeds, dtype=np.int64).copy()
+        return rollout
 
     @torch.no_grad()
     def step(self, rollout: "Rollout", decisions) -> torch.Tensor:
@@ -350,11 +352,14 @@ class Rollout:
         self.flops = torch.zeros(b, dtype=torch.float64)
         self.decisions = torch.full((b, num_steps, len(KNOBS)), -1, dtype=torch.long)
         self.last_full = torch.zeros(b, dtype=torch.long)  # schedule position of each row's last full call
+        self.seeds = np.zeros(b, dtype=np.int64)  # noise seed of each row
         self.cache = RowCache(2 * b if cfg else b)
 
-    def reset_rows(self, rows: torch.Tensor, labels: torch.Tensor, x: torch.Tensor) -> None:
+    def reset_rows(self, rows: torch.Tensor, labels: torch.Tensor, x: torch.Tensor, seeds=None) -> None:
         """Start rows ``rows`` afresh at pure noise ``x`` with classes ``labels`` (the rest go on)."""
         rows = torch.as_tensor(rows, dtype=torch.long)
+        if seeds is not None:
+            self.seeds[rows.numpy()] = np.asarray(seeds, dtype=np.int64)
         self.labels[rows.to(self.labels.device)] = labels.to(self.labels.device)
         self.x[rows.to(self.x.device)] = x.to(self.x.device)
         for tensor in (self.index, self.model_calls, self.last_full):

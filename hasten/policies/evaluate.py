@@ -49,7 +49,7 @@ def _batch1_seconds(generator, runs: dict, conditions, seeds, repeats: int) -> d
 
 
 def evaluate_policy(generator, policy, classifier, n: int = 256, budget: float | None = None,
-                    seed: int = HELD_OUT_SEED, batch_size: int = 64, greedy: bool = True,
+                    seed: int = HELD_OUT_SEED, batch_size: int = 64, greedy: bool = False,
                     timing_samples: int = 4, timing_repeats: int = 5, progress: bool = True) -> dict:
     """Compare ``policy`` with full compute and uniform step reduction on ``n`` held-out pairs."""
     policy.check_compatible(generator)

@@ -145,16 +145,26 @@ class Policy(nn.Module):
         return self.log_prob(dists, torch.as_tensor(actions, dtype=torch.long)), entropy
 
     # ------------------------------------------------------------------------------ inference
-    def decide(self, budget: float | None = None, greedy: bool = True, seed: int = 0):
-        """A ``decide(rollout) -> (B, 3)`` callable for ``generator.sample(..., decisions=...)``."""
+    def decide(self, budget: float | None = None, greedy: bool = False, seed: int = 0):
+        """A ``decide(rollout) -> (B, 3)`` callable for ``generator.sample(..., decisions=...)``.
+
+        By default decisions are sampled, as in training, from random numbers fixed by ``seed``,
+        the row's noise seed and its call index: the same sample always gets the same decisions,
+        whatever batch it runs in. ``greedy`` takes the most likely level of each knob instead.
+        """
         budget = self.config.budget if budget is None else float(budget)
         if not 0 < budget <= 1:
             raise HastenError(f"budget={budget}: expected a FLOPs fraction in (0, 1]")
-        generator = torch.Generator().manual_seed(seed)
 
         def decide(rollout):
             obs = torch.from_numpy(rollout.observation(budget))
-            return self.act(obs, greedy=greedy, generator=generator)[0].numpy()
+            uniforms = None
+            if not greedy:
+                calls = rollout.model_calls.tolist()
+                uniforms = torch.stack([
+                    torch.rand(len(KNOBS), generator=torch.Generator().manual_seed(
+                        (seed * 1_000_003 + int(s)) * 1_024 + c)) for s, c in zip(rollout.seeds, calls)])
+            return self.act(obs, greedy=greedy, uniforms=uniforms)[0].numpy()
 
         return decide
 

@@ -1,0 +1,75 @@
+"""``hasten report RUN_DIR``: PNG plots of a training run, for people who don't run TensorBoard.
+
+Reads ``metrics.jsonl`` and writes ``RUN_DIR/report.png``: the reward, FLOPs speedup and PSNR to
+full compute per iteration, each reward term, and the policy's decision frequencies over the
+schedule (a heatmap per knob, from the last iteration).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from hasten.errors import HastenError
+from hasten.generators.knobs import KNOBS
+
+
+def read_metrics(run_dir: str) -> list[dict]:
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.isfile(path):
+        raise HastenError(f"{run_dir}: no metrics.jsonl (expected a run folder written by `hasten train`)")
+    with open(path) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    if not rows:
+        raise HastenError(f"{path}: empty; the run has not finished an iteration yet")
+    return rows
+
+
+def write_report(run_dir: str, out: str | None = None) -> str:
+    """Write the report PNG (atomically) and return its path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from hasten.io import publish
+
+    rows = read_metrics(run_dir)
+    it = [r["iteration"] for r in rows]
+    terms = sorted({k.split("/")[1] for r in rows for k in r if k.startswith("rewards/") and k.endswith("/mean")})
+    fig, axes = plt.subplots(2, 3, figsize=(14, 7.5))
+    for ax, key, label in ((axes[0, 0], "charts/reward", "reward (composite)"),
+                           (axes[0, 1], "charts/speedup_flops", "FLOPs speedup (x)"),
+                           (axes[0, 2], "charts/fidelity_psnr", "PSNR to full compute (dB)")):
+        ax.plot(it, [r[key] for r in rows], marker=".")
+        ax.set_title(label)
+        ax.set_xlabel("iteration")
+        ax.grid(alpha=0.3)
+    ax = axes[1, 0]
+    for term in terms:
+        ax.plot(it, [r.get(f"rewards/{term}/mean", np.nan) for r in rows], label=term)
+    ax.set_title("reward terms (unweighted means)")
+    ax.set_xlabel("iteration")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    last = rows[-1]
+    for ax, knob in zip(axes[1, 1:], [k for k in KNOBS if k.name != "sparse_attention"]):
+        buckets = sorted({int(k.rsplit("/t", 1)[1]) for k in last if k.startswith(f"policy/{knob.name}/")})
+        grid = np.array([[last.get(f"policy/{knob.name}/{level}/t{b}", 0.0) for b in buckets]
+                         for level in knob.levels])
+        image = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0, vmax=1)
+        ax.set_yticks(range(len(knob.levels)), [str(v) for v in knob.levels])
+        ax.set_xticks(range(len(buckets)), [f"Q{b + 1}" for b in buckets])
+        ax.set_xlabel("quarter of the schedule (noise -> image)")
+        ax.set_title(f"{knob.name}: share of calls (iteration {last['iteration']})")
+        fig.colorbar(image, ax=ax)
+    fig.suptitle(os.path.basename(os.path.normpath(run_dir)))
+    fig.tight_layout()
+    out = out or os.path.join(run_dir, "report.png")
+    tmp = os.path.join(os.path.dirname(os.path.abspath(out)), f".tmp-{os.path.basename(out)}")
+    fig.savefig(tmp, format="png", dpi=90)
+    plt.close(fig)
+    publish(tmp, out)
+    return out

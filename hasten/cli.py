@@ -240,15 +240,13 @@ def cmd_policy_eval(args) -> int:
     from hasten.generators import load_generator
     from hasten.generators.classifier import ShapesClassifier
     from hasten.generators.registry import classifier_path
-    from hasten.policies import load_policy
+    from hasten.policies import Policy
     from hasten.policies.evaluate import evaluate_policy, markdown_table
 
     _set_threads(args.threads)
-    from hasten.policies import Policy
-
     policy = Policy.from_pretrained(args.policy)
     generator = load_generator(args.generator or policy.config.generator)
-    policy = load_policy(args.policy, generator)
+    policy.check_compatible(generator, where=args.policy)
     classifier = ShapesClassifier.from_pretrained(args.classifier or classifier_path(generator.path))
     result = evaluate_policy(generator, policy, classifier, n=args.n, budget=args.budget, seed=args.seed,
                              batch_size=args.batch_size, greedy=args.greedy,
@@ -277,6 +275,13 @@ def _print_help_and_fail(parser: argparse.ArgumentParser) -> int:
     return 2
 
 
+def _command_group(sub, name: str, help_text: str, description: str):
+    """A command with subcommands (``hasten NAME SUBCOMMAND``); alone it prints its help and fails."""
+    group = sub.add_parser(name, help=help_text, description=description)
+    group.set_defaults(func=lambda args: _print_help_and_fail(group))
+    return group.add_subparsers(dest=f"{name}_command", metavar="SUBCOMMAND")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hasten",
@@ -288,10 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     # generator
-    gen = sub.add_parser("generator", help="train, evaluate and inspect the embedded generators",
-                         description="Train, evaluate and inspect the embedded generators.")
-    gen_sub = gen.add_subparsers(dest="generator_command", metavar="SUBCOMMAND")
-    gen.set_defaults(func=lambda args: _print_help_and_fail(gen))
+    gen_sub = _command_group(sub, "generator", "train, evaluate and inspect the embedded generators",
+                             "Train, evaluate and inspect the embedded generators.")
 
     train = gen_sub.add_parser(
         "train", help="train the class-conditional FLUX generator on procedural shapes",
@@ -345,10 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(func=cmd_generator_info)
 
     # knobs
-    knobs = sub.add_parser("knobs", help="the acceleration knobs: cost benchmark",
-                           description="The acceleration knobs (step-skip, cache-reuse, sparse attention).")
-    knobs_sub = knobs.add_subparsers(dest="knobs_command", metavar="SUBCOMMAND")
-    knobs.set_defaults(func=lambda args: _print_help_and_fail(knobs))
+    knobs_sub = _command_group(sub, "knobs", "the acceleration knobs: cost benchmark",
+                               "The acceleration knobs (step-skip, cache-reuse, sparse attention).")
     bench = knobs_sub.add_parser(
         "bench", help="FLOPs fraction and measured time fraction of every knob level",
         description="For each model and knob level: the analytic FLOPs fraction of a full model call "
@@ -415,10 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.set_defaults(func=cmd_report)
 
     # policy
-    pol = sub.add_parser("policy", help="evaluate trained policies",
-                         description="Evaluate trained acceleration policies.")
-    pol_sub = pol.add_subparsers(dest="policy_command", metavar="SUBCOMMAND")
-    pol.set_defaults(func=lambda args: _print_help_and_fail(pol))
+    pol_sub = _command_group(sub, "policy", "evaluate trained policies", "Evaluate trained acceleration policies.")
     pe = pol_sub.add_parser(
         "eval", help="a policy vs full compute and uniform step reduction on held-out pairs",
         description="On N held-out (class, noise) pairs: FLOPs speedup, wall-clock speedup at batch 1, "

@@ -6,10 +6,10 @@ Example (``experiments/quickstart.yaml``)::
     name: quickstart
     generator: embedded:shapes
     budget: 0.4
-    grpo: {iterations: 24, groups_per_iteration: 8, group_size: 8}
+    grpo: {iterations: 48, groups_per_iteration: 8, group_size: 8, lr: 0.02}
     rewards:
       fidelity: {weight: 1.0}
-      cost: {weight: 4.0, mode: overshoot}
+      cost: {weight: 6.0, mode: overshoot}
       discriminator: {weight: 0.5}
 """
 
@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 
 from hasten.policies.heads import PolicyConfig
 
-#: name -> {weight, options}: PSNR/10 to full compute, -4x the relative budget overshoot, P(full) by the discriminator
-DEFAULT_EXPERIMENT_REWARDS = {"fidelity": {"weight": 1.0}, "cost": {"weight": 4.0, "mode": "overshoot"},
+#: name -> {weight, options}: PSNR/10 to full compute, -6x the relative budget overshoot, P(full) by the discriminator
+DEFAULT_EXPERIMENT_REWARDS = {"fidelity": {"weight": 1.0}, "cost": {"weight": 6.0, "mode": "overshoot"},
                               "discriminator": {"weight": 0.5}}
 
 
@@ -29,11 +29,11 @@ DEFAULT_EXPERIMENT_REWARDS = {"fidelity": {"weight": 1.0}, "cost": {"weight": 4.
 class GRPOConfig:
     """Group Relative Policy Optimization of the heads (Shao et al. 2024, DeepSeekMath)."""
 
-    iterations: int = 24  # training iterations (rollout -> reward -> advantage -> update)
+    iterations: int = 48  # training iterations (rollout -> reward -> advantage -> update)
     groups_per_iteration: int = 8  # distinct (class, noise) pairs per iteration
     group_size: int = 8  # rollouts of the same pair with sampled decisions (G)
     epochs: int = 4  # optimisation passes over each iteration's batch
-    lr: float = 3e-3  # AdamW learning rate of the heads
+    lr: float = 0.02  # AdamW learning rate of the heads
     weight_decay: float = 0.0  # AdamW weight decay
     clip: float = 0.2  # PPO ratio clipping epsilon
     kl_coef: float = 0.0  # weight of the KL to the initial policy (k3 estimator)

@@ -21,7 +21,7 @@ from hasten.generators.knobs import KNOBS
 from hasten.envs.references import ReferenceCache
 from hasten.rewards import CompositeReward, RewardInputs, build_reward
 
-DEFAULT_REWARDS = {"fidelity": {"weight": 1.0}, "cost": {"weight": 6.0, "mode": "overshoot"}}
+DEFAULT_REWARDS = {"fidelity": {"weight": 1.0}, "cost": {"weight": 4.0, "mode": "overshoot"}}
 MAX_NOISE_SEED = 2**31 - 1
 
 
@@ -61,7 +61,7 @@ class DenoisingVectorEnv(VectorEnv):
 
     ## Rewards
     0 until a row terminates; then the composite reward (default: fidelity as PSNR/10 to the
-    full-compute sample of the same class and noise, minus 6x the relative overshoot of the FLOPs
+    full-compute sample of the same class and noise, minus 4x the relative overshoot of the FLOPs
     budget). ``info["reward_terms"]`` holds each term for the rows that just terminated.
 
     ## Episode End

@@ -9,7 +9,7 @@ Example (``experiments/quickstart.yaml``)::
     grpo: {iterations: 48, groups_per_iteration: 8, group_size: 8, lr: 0.02}
     rewards:
       fidelity: {weight: 1.0}
-      cost: {weight: 6.0, mode: overshoot}
+      cost: {weight: 4.0, mode: overshoot}
       discriminator: {weight: 0.5}
 """
 
@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 
 from hasten.policies.heads import PolicyConfig
 
-#: name -> {weight, options}: PSNR/10 to full compute, -6x the relative budget overshoot, P(full) by the discriminator
-DEFAULT_EXPERIMENT_REWARDS = {"fidelity": {"weight": 1.0}, "cost": {"weight": 6.0, "mode": "overshoot"},
+#: name -> {weight, options}: PSNR/10 to full compute, -4x the relative budget overshoot, P(full) by the discriminator
+DEFAULT_EXPERIMENT_REWARDS = {"fidelity": {"weight": 1.0}, "cost": {"weight": 4.0, "mode": "overshoot"},
                               "discriminator": {"weight": 0.5}}
 
 

@@ -275,6 +275,14 @@ def _print_help_and_fail(parser: argparse.ArgumentParser) -> int:
     return 2
 
 
+def _add_report_options(parser: argparse.ArgumentParser) -> None:
+    """--threads, --json, --markdown and --quiet: the options of every command that reports numbers."""
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    parser.add_argument("--json", metavar="PATH", help="write the results as JSON ('-' for stdout)")
+    parser.add_argument("--markdown", metavar="PATH", help="write the results as a markdown table")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 def _command_group(sub, name: str, help_text: str, description: str):
     """A command with subcommands (``hasten NAME SUBCOMMAND``); alone it prints its help and fails."""
     group = sub.add_parser(name, help=help_text, description=description)
@@ -334,10 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="comma-separated step counts to compare with the default, e.g. 14,7,4")
     ev.add_argument("--seed", type=int, default=0, help="first noise seed (default: %(default)s)")
     ev.add_argument("--batch-size", type=_positive_int, default=64, help="rows per model call")
-    ev.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
-    ev.add_argument("--json", metavar="PATH", help="write the results as JSON ('-' for stdout)")
-    ev.add_argument("--markdown", metavar="PATH", help="write the results as a markdown table")
-    ev.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_report_options(ev)
     ev.set_defaults(func=cmd_generator_eval)
 
     info = gen_sub.add_parser("info", help="path, parameter count and config of a generator",
@@ -362,10 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=_positive_int, default=5, help="timed repeats per level (default: %(default)s)")
     bench.add_argument("--samples", type=_positive_int,
                        help="samples per model call (default: 8 on small models, 1 on the random FLUX configs)")
-    bench.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
-    bench.add_argument("--json", metavar="PATH", help="write the results as JSON ('-' for stdout)")
-    bench.add_argument("--markdown", metavar="PATH", help="write the tables as markdown")
-    bench.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_report_options(bench)
     bench.set_defaults(func=cmd_knobs_bench)
 
     # sample
@@ -434,10 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
     pe.add_argument("--batch-size", type=_positive_int, default=64, help="rows per model call")
     pe.add_argument("--timing-samples", type=_positive_int, default=4, help="samples timed at batch 1")
     pe.add_argument("--timing-repeats", type=_positive_int, default=5, help="interleaved timing repeats")
-    pe.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
-    pe.add_argument("--json", metavar="PATH", help="write the results as JSON ('-' for stdout)")
-    pe.add_argument("--markdown", metavar="PATH", help="write the table as markdown")
-    pe.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_report_options(pe)
     pe.set_defaults(func=cmd_policy_eval)
     return parser
 

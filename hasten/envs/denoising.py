@@ -76,6 +76,9 @@ class DenoisingVectorEnv(VectorEnv):
     - ``budget``: target FLOPs fraction, or ``budget_range=(lo, hi)`` to draw one per episode.
     - ``rewards``: a :class:`~hasten.rewards.CompositeReward` or a spec ``{name: {weight: w, ...}}``.
     - ``reference_dir``: where full-compute references are cached on disk.
+    - ``cost_unit``: ``"flops"`` (analytic) or ``"time"`` (measured time per knob level,
+      ``time_table`` (3, 3) by (cache, sparse) level, measured at batch 1 when not given): the unit
+      of the cost-spent observation, the budget and the cost term.
 
     ``reset`` options: ``conditions`` and ``seeds`` (one class and noise seed per row; drawn from
     ``np_random`` when absent), ``budget`` (a number or one per row), ``reset_mask``.
@@ -85,7 +88,8 @@ class DenoisingVectorEnv(VectorEnv):
 
     def __init__(self, num_envs: int = 8, generator="embedded:shapes", num_steps: int | None = None,
                  guidance: float | None = None, budget: float = 0.4, budget_range=None, rewards=None,
-                 reference_dir: str | None = None, references: ReferenceCache | None = None):
+                 reference_dir: str | None = None, references: ReferenceCache | None = None,
+                 cost_unit: str = "flops", time_table=None):
         if num_envs < 1:
             raise HastenError(f"num_envs={num_envs}: expected an integer >= 1")
         self.generator = _load(generator)
@@ -97,6 +101,14 @@ class DenoisingVectorEnv(VectorEnv):
             if not 0 < value <= 1:
                 raise HastenError(f"budget={value}: expected a FLOPs fraction in (0, 1]")
         self.budget = float(budget)
+        if cost_unit not in ("flops", "time"):
+            raise HastenError(f"cost_unit={cost_unit!r}: expected 'flops' or 'time'")
+        self.cost_unit = cost_unit
+        self.time_table = None
+        if cost_unit == "time":
+            from hasten.generators.cost import measure_time_fractions
+
+            self.time_table = time_table if time_table is not None else measure_time_fractions(self.generator)
         self.reward = rewards if isinstance(rewards, CompositeReward) else build_reward(rewards or DEFAULT_REWARDS)
         self.references = references or ReferenceCache(self.generator, self.num_steps, self.guidance, reference_dir)
         self.single_observation_space = observation_space()
@@ -139,7 +151,15 @@ class DenoisingVectorEnv(VectorEnv):
                                     seeds[rows])
         self.seeds[rows] = seeds[rows]
         self.budgets[rows] = budgets[rows]
-        return self.rollout.observation(torch.from_numpy(self.budgets)), self._info()
+        return self.rollout.observation(torch.from_numpy(self.budgets), self.spent()), self._info()
+
+    def spent(self) -> np.ndarray | None:
+        """(num_envs,) cost spent so far in the env's unit (None: the FLOPs the rollout counts)."""
+        if self.cost_unit == "flops":
+            return None
+        from hasten.generators.cost import time_spent
+
+        return time_spent(self.rollout.decisions.numpy(), self.time_table, self.num_steps)
 
     def _info(self) -> dict:
         return {"condition": self.rollout.labels.cpu().numpy().copy(), "noise_seed": self.seeds.copy(),
@@ -164,16 +184,18 @@ class DenoisingVectorEnv(VectorEnv):
                 column = np.full(self.num_envs, np.nan)
                 column[finished] = value.numpy()
                 info["reward_terms"][name] = column
-        obs = self.rollout.observation(torch.from_numpy(self.budgets))
+        obs = self.rollout.observation(torch.from_numpy(self.budgets), self.spent())
         return obs, rewards, terminated, np.zeros(self.num_envs, dtype=bool), info
 
     def episode_reward(self, rows: np.ndarray):
         """Composite reward and its terms for finished ``rows`` (fidelity against cached references)."""
         labels = self.rollout.labels.cpu().numpy()[rows]
+        spent = self.spent()
         inputs = RewardInputs(images=self.rollout.images()[torch.from_numpy(rows)].cpu(),
                               references=self.references.get(labels, self.seeds[rows]),
                               flops_fraction=torch.from_numpy(self.rollout.flops_fraction()[rows]),
-                              budget=torch.from_numpy(self.budgets[rows]))
+                              budget=torch.from_numpy(self.budgets[rows]),
+                              cost_fraction=None if spent is None else torch.from_numpy(spent[rows]))
         return self.reward(inputs)
 
     def images(self) -> torch.Tensor:

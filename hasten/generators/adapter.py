@@ -368,11 +368,12 @@ class Rollout:
         self.decisions[rows] = -1
         self.cache.forget(torch.cat([rows, rows + self.batch_size]) if self.cfg else rows)
 
-    def observation(self, budget) -> np.ndarray:
+    def observation(self, budget, spent=None) -> np.ndarray:
         """(B, len(OBSERVATION)) float32 features of each row's state, in [0, 1] except the change.
 
-        See :data:`OBSERVATION` for the meaning of each column; ``budget`` is the target FLOPs
-        fraction (a number or one per row).
+        See :data:`OBSERVATION` for the meaning of each column; ``budget`` is the target cost
+        fraction (a number or one per row); ``spent`` (B,) replaces the FLOPs spent so far when the
+        cost is counted in another unit (measured time).
         """
         b, n = self.batch_size, self.num_steps
         index = self.index.clamp(max=n)
@@ -382,7 +383,7 @@ class Rollout:
             index.double() / n,
             change,
             (index - self.last_full).clamp(min=0).double() / n,
-            (self.flops / n).clamp(max=1.0),
+            (self.flops / n if spent is None else torch.as_tensor(spent, dtype=torch.float64)).clamp(max=1.0),
             torch.as_tensor(budget, dtype=torch.float64).expand(b),
             self.cache.filled[:b].double(),
         ]

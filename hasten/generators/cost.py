@@ -148,3 +148,45 @@ class _FlopCounter(TorchFunctionMode):
             else:
                 self.attention[self.block].append((heads, q.shape[-2], q.shape[-1]))
         return out
+
+
+def measure_time_fractions(generator, rows: int = 1, repeats: int = 7) -> list[list[float]]:
+    """Measured time of one knob-driven model call, by (cache-reuse level, sparse-attention level),
+    relative to a full call, with ``rows`` samples per call (median of interleaved repeats).
+
+    What a cost in wall-clock is built from: at small batches, fixed per-call work (embedders,
+    RoPE, output layers, hook bookkeeping) makes partial calls cost more time than FLOPs.
+    """
+    import statistics
+    import time
+
+    import numpy as np
+
+    rollout = generator.start([0] * rows, list(range(rows)))
+    generator.step(rollout, np.zeros((rows, 3), dtype=np.int64))  # the first call fills the cache
+    levels = [(c, s) for c in range(3) for s in range(3)]
+    times: dict[tuple[int, int], list[float]] = {level: [] for level in levels}
+    for repeat in range(repeats + 1):  # the first round warms up
+        for c, s in levels:
+            rollout.index[:] = 1
+            start = time.perf_counter()
+            generator.step(rollout, np.tile(np.array([0, c, s]), (rows, 1)))
+            if repeat:
+                times[(c, s)].append(time.perf_counter() - start)
+    full = statistics.median(times[(0, 0)])
+    return [[statistics.median(times[(c, s)]) / full for s in range(3)] for c in range(3)]
+
+
+def time_spent(decisions, table, num_steps: int):
+    """(B,) estimated time spent, as a fraction of the full-compute trajectory, from applied levels.
+
+    Args:
+        decisions: (B, num_steps, 3) applied (skip, cache, sparse) levels, -1 where no call was made.
+        table: (3, 3) time fractions by (cache level, sparse level), from :func:`measure_time_fractions`.
+    """
+    import numpy as np
+
+    decisions = np.asarray(decisions)
+    calls = decisions[..., 0] >= 0
+    per_call = np.asarray(table, dtype=np.float64)[decisions[..., 1].clip(0), decisions[..., 2].clip(0)]
+    return (per_call * calls).sum(axis=1) / num_steps

@@ -29,6 +29,7 @@ from torch.distributions import Categorical
 
 from hasten.errors import HastenError
 from hasten.generators.adapter import OBSERVATION
+from hasten.generators.cost import time_spent
 from hasten.generators.knobs import KNOBS
 from hasten.io import atomic_directory, read_json, read_safetensors
 
@@ -50,6 +51,8 @@ class PolicyConfig:
     generator: str = ""  # generator it was trained on (informative)
     num_steps: int = 0  # schedule length it was trained on (set by the trainer)
     budget: float = 0.4  # default target budget at inference
+    cost_unit: str = "flops"  # unit of the budget: "flops" or "time" (measured, set by the trainer)
+    time_table: list = field(default_factory=list)  # (cache, sparse) -> time fraction, for cost_unit "time"
     knobs: dict = field(default_factory=lambda: {k.name: list(k.levels) for k in KNOBS})
     observation: list = field(default_factory=lambda: list(OBSERVATION))
 
@@ -58,6 +61,11 @@ class PolicyConfig:
             raise ValueError(f"hidden={self.hidden}, layers={self.layers}: expected hidden >= 1 and layers >= 0")
         if not 0 < self.budget <= 1:
             raise ValueError(f"budget={self.budget}: expected a FLOPs fraction in (0, 1]")
+        if self.cost_unit not in ("flops", "time"):
+            raise ValueError(f"cost_unit={self.cost_unit!r}: expected 'flops' or 'time'")
+        if self.cost_unit == "time" and (len(self.time_table) != 3 or any(len(r) != 3 for r in self.time_table)):
+            raise ValueError(f"time_table={self.time_table}: cost_unit 'time' needs 3 x 3 time fractions "
+                             "(cache level x sparse level)")
         for section in (self.allowed_levels, self.init_probs):
             unknown = sorted(set(section) - set(KNOB_NAMES))
             if unknown:
@@ -157,7 +165,10 @@ class Policy(nn.Module):
             raise HastenError(f"budget={budget}: expected a FLOPs fraction in (0, 1]")
 
         def decide(rollout):
-            obs = torch.from_numpy(rollout.observation(budget))
+            spent = None
+            if self.config.cost_unit == "time":
+                spent = time_spent(rollout.decisions.numpy(), self.config.time_table, rollout.num_steps)
+            obs = torch.from_numpy(rollout.observation(budget, spent))
             uniforms = None
             if not greedy:
                 calls = rollout.model_calls.tolist()

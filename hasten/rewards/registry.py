@@ -20,13 +20,16 @@ class RewardInputs:
         images: (B, C, H, W) accelerated samples in [-1, 1].
         references: (B, C, H, W) full-compute samples of the same condition and noise.
         flops_fraction: (B,) FLOPs spent relative to the full-compute trajectory.
-        budget: (B,) target FLOPs fraction of each episode.
+        budget: (B,) target cost fraction of each episode.
+        cost_fraction: (B,) cost spent in the experiment's unit (FLOPs, or measured time); the
+            FLOPs fraction when None.
     """
 
     images: torch.Tensor
     references: torch.Tensor
     flops_fraction: torch.Tensor
     budget: torch.Tensor
+    cost_fraction: torch.Tensor | None = None
 
 
 def register_reward(name: str):

@@ -34,7 +34,7 @@ class Fidelity:
 
 @register_reward("cost")
 class Cost:
-    """Compute spent, as a penalty (so the term is <= 0).
+    """Compute spent, as a penalty (so the term is <= 0), in the env's cost unit (FLOPs or time).
 
     Args:
         mode: ``"overshoot"`` — ``-max(0, flops - budget) / budget`` (free up to the target budget,
@@ -47,7 +47,7 @@ class Cost:
         self.mode = mode
 
     def __call__(self, inputs: RewardInputs) -> torch.Tensor:
-        flops = inputs.flops_fraction.double()
+        flops = (inputs.flops_fraction if inputs.cost_fraction is None else inputs.cost_fraction).double()
         if self.mode == "fraction":
             return -flops
         budget = inputs.budget.double()

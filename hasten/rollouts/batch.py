@@ -19,6 +19,7 @@ class TrajectoryBatch:
         rewards: (N,) episode returns (the composite reward at termination).
         terms: name -> (N,) unweighted reward terms.
         flops_fraction: (N,) FLOPs spent relative to full compute.
+        cost_fraction: (N,) cost spent in the experiment's unit (equal to ``flops_fraction`` for FLOPs).
         conditions, seeds, budgets: (N,) class index, noise seed and target budget of each row.
         images: (N, C, H, W) final accelerated samples; references: the full-compute ones.
         decisions: (N, num_steps, K) applied levels by schedule position (-1: no call there).
@@ -31,6 +32,7 @@ class TrajectoryBatch:
     rewards: np.ndarray
     terms: dict[str, np.ndarray]
     flops_fraction: np.ndarray
+    cost_fraction: np.ndarray
     conditions: np.ndarray
     seeds: np.ndarray
     budgets: np.ndarray

@@ -52,10 +52,12 @@ class InProcessPool:
                 done_now = ~np.isnan(column)
                 target[done_now] = column[done_now]
         labels = env.rollout.labels.cpu().numpy()
+        spent = env.spent()
+        flops = env.rollout.flops_fraction().copy()
         return TrajectoryBatch(
             obs=np.stack(all_obs).astype(np.float32), actions=np.stack(all_actions).astype(np.int64),
             logp=np.stack(all_logp).astype(np.float32), active=np.stack(all_active),
-            rewards=rewards, terms=terms, flops_fraction=env.rollout.flops_fraction().copy(),
+            rewards=rewards, terms=terms, flops_fraction=flops, cost_fraction=flops if spent is None else spent,
             conditions=labels, seeds=np.asarray(seeds, dtype=np.int64), budgets=env.budgets.copy(),
             images=env.images().cpu().numpy(), references=env.references.get(labels, seeds).numpy(),
             decisions=env.rollout.decisions.numpy().copy())

@@ -123,6 +123,12 @@ class GRPOTrainer:
         policy_config.generator = config.generator
         policy_config.num_steps = self.num_steps
         policy_config.budget = config.budget
+        policy_config.cost_unit = config.cost_unit
+        if config.cost_unit == "time":
+            from hasten.generators.cost import measure_time_fractions
+
+            policy_config.time_table = measure_time_fractions(self.generator, rows=1)
+            logger.info("time fractions by (cache, sparse) level at batch 1: %s", policy_config.time_table)
         self.policy = Policy(policy_config)
         self.initial_policy = copy.deepcopy(self.policy).requires_grad_(False) if g.kl_coef > 0 else None
         self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=g.lr, weight_decay=g.weight_decay)
@@ -130,7 +136,8 @@ class GRPOTrainer:
                                     os.path.join(run_dir, "references"))
         self.env = DenoisingVectorEnv(num_envs=g.groups_per_iteration * g.group_size, generator=self.generator,
                                       num_steps=self.num_steps, guidance=self.guidance, budget=config.budget,
-                                      rewards=self.reward, references=references)
+                                      rewards=self.reward, references=references, cost_unit=config.cost_unit,
+                                      time_table=policy_config.time_table or None)
         self.pool = InProcessPool(self.env)
         rng = np.random.default_rng(config.seed)
         self.pairs = np.stack([np.arange(config.train_pairs) % self.generator.num_classes,
@@ -207,7 +214,7 @@ class GRPOTrainer:
             "charts/speedup_flops": float(1.0 / flops.mean()),
             "charts/flops_fraction": float(flops.mean()),
             "charts/fidelity_psnr": float(fidelity.mean()),
-            "charts/within_budget": float((flops <= batch.budgets + 1e-9).mean()),
+            "charts/within_budget": float((batch.cost_fraction <= batch.budgets + 1e-9).mean()),
             "losses/policy": update_stats["policy"],
             "losses/total": update_stats["loss"],
             "losses/grad_norm": update_stats["grad_norm"],
@@ -218,6 +225,9 @@ class GRPOTrainer:
             "timing_s/update": update_s,
             "perf/episodes_per_s": batch.num_episodes / max(rollout_s, 1e-9),
         }
+        if self.config.cost_unit == "time":
+            m["charts/time_fraction_est"] = float(batch.cost_fraction.mean())
+            m["charts/speedup_time_est"] = float(1.0 / batch.cost_fraction.mean())
         if "kl" in update_stats:
             m["losses/kl"] = update_stats["kl"]
         if "discriminator" in update_stats:

@@ -97,7 +97,8 @@ class ExperimentConfig:
     seed: int = 0  # seeds the training pairs, the policy init and the decision sampling
     num_steps: int = 0  # schedule length (0 = the generator's default)
     guidance: float = -1.0  # guidance scale (-1 = the generator's default)
-    budget: float = 0.4  # target FLOPs fraction (0, 1]
+    budget: float = 0.4  # target cost fraction (0, 1]
+    cost_unit: str = "flops"  # "flops" (analytic) or "time" (measured per knob level at batch 1 at the start)
     budget_range: list[float] = field(default_factory=list)  # [lo, hi]: draw a budget per group instead
     train_pairs: int = 64  # size of the pool of (class, noise) training pairs
     policy: PolicyConfig = field(default_factory=PolicyConfig)
@@ -113,6 +114,8 @@ class ExperimentConfig:
             raise ValueError(f"name={self.name!r}: expected a plain folder name, e.g. quickstart")
         if not 0 < self.budget <= 1:
             raise ValueError(f"budget={self.budget}: expected a FLOPs fraction in (0, 1], e.g. 0.4 for 2.5x")
+        if self.cost_unit not in ("flops", "time"):
+            raise ValueError(f"cost_unit={self.cost_unit!r}: expected 'flops' or 'time'")
         if self.budget_range:
             lo_hi = self.budget_range
             if len(lo_hi) != 2 or not 0 < lo_hi[0] <= lo_hi[1] <= 1:

@@ -75,9 +75,10 @@ def evaluate_policy(generator, policy, classifier, n: int = 256, budget: float |
                 **_quality(fast, full, labels, classifier, real_feats)}]
     uniform_steps = {max(1, math.floor(flops * steps)), max(1, math.ceil(flops * steps))}
     time_est = None
-    if policy.config.cost_unit == "time":  # also the step counts around its (estimated) time
+    if policy.config.cost_unit == "time":  # also the step counts around its (estimated) time; one more
+        # step above, because per-step work outside the table makes measured time exceed the estimate
         time_est = float(time_spent(stats["decisions"], policy.config.time_table, steps).mean())
-        uniform_steps |= {max(1, math.floor(time_est * steps)), min(steps, math.ceil(time_est * steps))}
+        uniform_steps |= {max(1, math.floor(time_est * steps)), min(steps, math.ceil(time_est * steps) + 1)}
     uniform_steps = sorted(uniform_steps)
     for k in uniform_steps:
         images, _ = generator.sample(labels, seeds, num_steps=k, batch_size=batch_size, progress=progress)

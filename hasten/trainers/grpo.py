@@ -312,8 +312,7 @@ class GRPOTrainer:
         tensors = {f"policy.{k}": v for k, v in self.policy.state_dict().items()}
         optim_tensors, optim_meta = optimizer_to_flat(self.optimizer, "optim")
         tensors.update(optim_tensors)
-        state = {"iteration": self.iteration, "optim": optim_meta, "references": self.env.references.shards,
-                 "rng_torch_seed_state": None}
+        state = {"iteration": self.iteration, "optim": optim_meta, "references": self.env.references.shards}
         tensors["rng.torch"] = torch.get_rng_state()
         if self.initial_policy is not None:
             tensors.update({f"initial_policy.{k}": v for k, v in self.initial_policy.state_dict().items()})

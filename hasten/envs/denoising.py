@@ -177,20 +177,25 @@ class DenoisingVectorEnv(VectorEnv):
         info = self._info()
         info.update(active=active, step_flops=spent, flops_fraction=self.rollout.flops_fraction().copy(),
                     reward_terms={})
+        spent_now = self.spent()
         if finished.any():
-            total, terms = self.episode_reward(np.flatnonzero(finished))
+            total, terms = self.episode_reward(np.flatnonzero(finished), spent_now)
             rewards[finished] = total.numpy()
             for name, value in terms.items():
                 column = np.full(self.num_envs, np.nan)
                 column[finished] = value.numpy()
                 info["reward_terms"][name] = column
-        obs = self.rollout.observation(torch.from_numpy(self.budgets), self.spent())
+        obs = self.rollout.observation(torch.from_numpy(self.budgets), spent_now)
         return obs, rewards, terminated, np.zeros(self.num_envs, dtype=bool), info
 
-    def episode_reward(self, rows: np.ndarray):
-        """Composite reward and its terms for finished ``rows`` (fidelity against cached references)."""
+    def episode_reward(self, rows: np.ndarray, spent: np.ndarray | None = None):
+        """Composite reward and its terms for finished ``rows`` (fidelity against cached references).
+
+        ``spent``: the cost spent per row in the env's unit, if already computed this step.
+        """
         labels = self.rollout.labels.cpu().numpy()[rows]
-        spent = self.spent()
+        if spent is None:
+            spent = self.spent()
         inputs = RewardInputs(images=self.rollout.images()[torch.from_numpy(rows)].cpu(),
                               references=self.references.get(labels, self.seeds[rows]),
                               flops_fraction=torch.from_numpy(self.rollout.flops_fraction()[rows]),

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 
-import numpy as np
 import torch
 
 from hasten.errors import HastenError
@@ -41,7 +40,6 @@ class ReferenceCache:
         self.batch_size = batch_size
         self.images: dict[tuple[int, int], torch.Tensor] = {}
         self.shards: list[str] = []
-        self.computed = 0  # references computed by this object (not read from disk)
         if directory and os.path.isfile(os.path.join(directory, INDEX)):
             self._load()
 
@@ -77,7 +75,6 @@ class ReferenceCache:
         images = images.cpu()
         for key, image in zip(keys, images):
             self.images[key] = image.clone()
-        self.computed += len(keys)
         if self.directory:
             self._write_shard(keys, images)
 
@@ -91,6 +88,3 @@ class ReferenceCache:
         os.replace(tmp, os.path.join(self.directory, name))
         self.shards.append(name)
         write_json_atomic(os.path.join(self.directory, INDEX), {**self._identity(), "shards": self.shards})
-
-    def keys(self) -> np.ndarray:
-        return np.array(sorted(self.images), dtype=np.int64).reshape(-1, 2)

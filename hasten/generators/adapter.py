@@ -250,11 +250,10 @@ class DiTGenerator:
         labels = self.encode(conditions)
         scheduler = self.make_scheduler(num_steps)
         self.attach_knobs()
-        rollout = Rollout(labels=labels, x=self.noise(seeds), num_steps=num_steps, guidance=guidance,
-                          timesteps=(scheduler.timesteps / scheduler.config.num_train_timesteps).cpu(),
-                          sigmas=scheduler.sigmas.cpu(), cfg=guidance != 1.0 and not self.distilled_guidance)
-        rollout.seeds = np.asarray(seeds, dtype=np.int64).copy()
-        return rollout
+        return Rollout(labels=labels, x=self.noise(seeds), num_steps=num_steps, guidance=guidance,
+                       timesteps=(scheduler.timesteps / scheduler.config.num_train_timesteps).cpu(),
+                       sigmas=scheduler.sigmas.cpu(), cfg=guidance != 1.0 and not self.distilled_guidance,
+                       seeds=seeds)
 
     @torch.no_grad()
     def step(self, rollout: "Rollout", decisions) -> torch.Tensor:
@@ -340,7 +339,7 @@ class Rollout:
         cache: the per-row residual cache of the cache-reuse knob.
     """
 
-    def __init__(self, labels, x, num_steps, guidance, timesteps, sigmas, cfg: bool):
+    def __init__(self, labels, x, num_steps, guidance, timesteps, sigmas, cfg: bool, seeds=None):
         from hasten.generators.knobs import RowCache
 
         b = x.shape[0]
@@ -352,7 +351,8 @@ class Rollout:
         self.flops = torch.zeros(b, dtype=torch.float64)
         self.decisions = torch.full((b, num_steps, len(KNOBS)), -1, dtype=torch.long)
         self.last_full = torch.zeros(b, dtype=torch.long)  # schedule position of each row's last full call
-        self.seeds = np.zeros(b, dtype=np.int64)  # noise seed of each row
+        # noise seed of each row
+        self.seeds = np.zeros(b, dtype=np.int64) if seeds is None else np.asarray(seeds, dtype=np.int64).copy()
         self.cache = RowCache(2 * b if cfg else b)
 
     def reset_rows(self, rows: torch.Tensor, labels: torch.Tensor, x: torch.Tensor, seeds=None) -> None:

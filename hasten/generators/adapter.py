@@ -275,16 +275,9 @@ class DiTGenerator:
         x = rollout.x[rows]
         dt = (rollout.sigmas[j_next] - rollout.sigmas[j]).to(v.device)
         rollout.x[rows] = x + dt.view(-1, 1, 1, 1) * v
-        cost = self.step_cost()
-        fractions = torch.tensor([cost.fraction(int(c), float(k)) for c, k in zip(effective, keep)],
-                                 dtype=torch.float64)
+        fractions = self.step_cost().fractions(effective, keep)
         spent[rows] = fractions
-        rollout.flops[rows] += fractions
-        rollout.model_calls[rows] += 1
-        rollout.decisions[rows, j] = torch.stack([skip, effective, sparse], dim=1)
-        computed_all = rows[effective == 0]
-        rollout.last_full[computed_all] = j[effective == 0]
-        rollout.index[rows] = j_next
+        rollout.record_call(rows, j, skip, effective, sparse, fractions)
         return spent
 
     @torch.no_grad()
@@ -327,46 +320,47 @@ OBSERVATION = (
 OBSERVATION_CHANGE_MAX = 10.0
 
 
-class Rollout:
-    """The state of a batch of rows being denoised with per-row knob decisions.
+class RowState:
+    """Per-row bookkeeping of knob-driven denoising: where each row is in its schedule, what it has
+    spent and decided, its residual cache, and what a policy observes (:meth:`observation`).
+
+    Shared by :class:`Rollout` (hasten's own sampler) and :func:`hasten.accelerate` (a diffusers
+    pipeline's loop), so that a policy sees the same observation in both.
 
     Attributes:
-        x: (B, C, H, W) current images/latents.
         index: (B,) schedule position of each row (``num_steps`` = finished).
-        done: (B,) rows that reached t = 0.
         model_calls: (B,) model calls so far; flops: (B,) FLOPs so far in full-call units.
         decisions: (B, num_steps, 3) the applied levels (-1 where the row made no call).
-        cache: the per-row residual cache of the cache-reuse knob.
+        last_full: (B,) schedule position of each row's last full computation.
+        seeds: (B,) the seed of each row (the random stream of its sampled decisions).
+        cache: the per-row residual cache of the cache-reuse knob (2B rows with CFG: the
+            conditional branch in rows 0..B-1, the unconditional one in rows B..2B-1).
     """
 
-    def __init__(self, labels, x, num_steps, guidance, timesteps, sigmas, cfg: bool, seeds=None):
+    def __init__(self, batch_size: int, num_steps: int, sigmas: torch.Tensor, cfg: bool, seeds=None):
         from hasten.generators.knobs import RowCache
 
-        b = x.shape[0]
-        self.labels, self.x = labels, x.clone()
-        self.num_steps, self.guidance, self.cfg = num_steps, guidance, cfg
-        self.timesteps, self.sigmas = timesteps, sigmas
+        b = batch_size
+        self.num_steps, self.sigmas, self.cfg = num_steps, sigmas, cfg
         self.index = torch.zeros(b, dtype=torch.long)
         self.model_calls = torch.zeros(b, dtype=torch.long)
         self.flops = torch.zeros(b, dtype=torch.float64)
         self.decisions = torch.full((b, num_steps, len(KNOBS)), -1, dtype=torch.long)
-        self.last_full = torch.zeros(b, dtype=torch.long)  # schedule position of each row's last full call
-        # noise seed of each row
+        self.last_full = torch.zeros(b, dtype=torch.long)
         self.seeds = np.zeros(b, dtype=np.int64) if seeds is None else np.asarray(seeds, dtype=np.int64).copy()
         self.cache = RowCache(2 * b if cfg else b)
 
-    def reset_rows(self, rows: torch.Tensor, labels: torch.Tensor, x: torch.Tensor, seeds=None) -> None:
-        """Start rows ``rows`` afresh at pure noise ``x`` with classes ``labels`` (the rest go on)."""
-        rows = torch.as_tensor(rows, dtype=torch.long)
-        if seeds is not None:
-            self.seeds[rows.numpy()] = np.asarray(seeds, dtype=np.int64)
-        self.labels[rows.to(self.labels.device)] = labels.to(self.labels.device)
-        self.x[rows.to(self.x.device)] = x.to(self.x.device)
-        for tensor in (self.index, self.model_calls, self.last_full):
-            tensor[rows] = 0
-        self.flops[rows] = 0.0
-        self.decisions[rows] = -1
-        self.cache.forget(torch.cat([rows, rows + self.batch_size]) if self.cfg else rows)
+    def record_call(self, rows: torch.Tensor, position: torch.Tensor, skip: torch.Tensor, cache_levels: torch.Tensor,
+                    sparse: torch.Tensor, fractions: torch.Tensor) -> None:
+        """Book one model call of ``rows`` at schedule ``position`` with their applied levels
+        (``cache_levels`` effective) and FLOPs ``fractions`` of a full call; each row moves on to
+        ``position + 1 + skip``."""
+        self.flops[rows] += fractions
+        self.model_calls[rows] += 1
+        self.decisions[rows, position] = torch.stack([skip, cache_levels, sparse], dim=1)
+        full = cache_levels == 0
+        self.last_full[rows[full]] = position[full]
+        self.index[rows] = (position + 1 + skip).clamp(max=self.num_steps)
 
     def observation(self, budget, spent=None) -> np.ndarray:
         """(B, len(OBSERVATION)) float32 features of each row's state, in [0, 1] except the change.
@@ -391,7 +385,7 @@ class Rollout:
 
     @property
     def batch_size(self) -> int:
-        return self.x.shape[0]
+        return self.index.shape[0]
 
     @property
     def done(self) -> torch.Tensor:
@@ -403,8 +397,36 @@ class Rollout:
         return self.sigmas[self.index]
 
     def flops_fraction(self) -> np.ndarray:
-        """FLOPs spent per row relative to the reference sampler's ``num_steps`` full calls."""
+        """FLOPs spent per row relative to ``num_steps`` full calls."""
         return (self.flops / self.num_steps).numpy()
+
+
+class Rollout(RowState):
+    """The state of a batch of rows being denoised by hasten's sampler with per-row knob decisions.
+
+    Attributes (besides :class:`RowState`'s):
+        x: (B, C, H, W) current images/latents.
+        labels: (B,) class of each row; guidance: the guidance scale.
+        timesteps: (num_steps,) the schedule's timesteps as noise levels; sigmas: (num_steps + 1,).
+    """
+
+    def __init__(self, labels, x, num_steps, guidance, timesteps, sigmas, cfg: bool, seeds=None):
+        super().__init__(x.shape[0], num_steps, sigmas, cfg, seeds)
+        self.labels, self.x = labels, x.clone()
+        self.guidance, self.timesteps = guidance, timesteps
+
+    def reset_rows(self, rows: torch.Tensor, labels: torch.Tensor, x: torch.Tensor, seeds=None) -> None:
+        """Start rows ``rows`` afresh at pure noise ``x`` with classes ``labels`` (the rest go on)."""
+        rows = torch.as_tensor(rows, dtype=torch.long)
+        if seeds is not None:
+            self.seeds[rows.numpy()] = np.asarray(seeds, dtype=np.int64)
+        self.labels[rows.to(self.labels.device)] = labels.to(self.labels.device)
+        self.x[rows.to(self.x.device)] = x.to(self.x.device)
+        for tensor in (self.index, self.model_calls, self.last_full):
+            tensor[rows] = 0
+        self.flops[rows] = 0.0
+        self.decisions[rows] = -1
+        self.cache.forget(torch.cat([rows, rows + self.batch_size]) if self.cfg else rows)
 
     def images(self) -> torch.Tensor:
         return self.x.clamp(-1, 1)

@@ -20,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -59,17 +60,25 @@ class StepCost:
               pooled_dim: int) -> "StepCost":
         """Count the FLOPs of one batch-1 forward of ``transformer`` at this resolution."""
         family = family_of(transformer)
+        x, sigma = torch.zeros(1, channels, image_size, image_size), torch.full((1,), 0.5)
+        tokens, pooled = torch.zeros(1, text_tokens, token_dim), torch.zeros(1, pooled_dim)
+        return cls.trace_call(transformer, lambda: family.velocity(transformer, x, sigma, tokens, pooled), text_tokens)
+
+    @classmethod
+    @torch.no_grad()
+    def trace_call(cls, transformer, call: Callable[[], object], text_tokens: int) -> "StepCost":
+        """Count the FLOPs of ``call()``, one batch-1 forward of ``transformer`` with any inputs
+        (how :func:`hasten.accelerate` costs a pipeline's own calls)."""
+        family = family_of(transformer)
         blocks = family.blocks(transformer)
         counter = _FlopCounter(len(blocks))
         handles = []
         for i, block in enumerate(blocks):
             handles.append(block.register_forward_pre_hook(lambda m, a, i=i: counter.enter(i)))
             handles.append(block.register_forward_hook(lambda m, a, o: counter.leave()))
-        x = torch.zeros(1, channels, image_size, image_size)
         try:
             with counter:
-                family.velocity(transformer, x, torch.full((1,), 0.5), torch.zeros(1, text_tokens, token_dim),
-                                torch.zeros(1, pooled_dim))
+                call()
         finally:
             for h in handles:
                 h.remove()
@@ -105,6 +114,11 @@ class StepCost:
     def fraction(self, cache_level: int = 0, keep: float = 1.0) -> float:
         """:meth:`flops` as a fraction of a plain call."""
         return self.flops(cache_level, keep) / self.full()
+
+    def fractions(self, cache_levels: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """(rows,) float64 :meth:`fraction` of each row's (cache level, keep)."""
+        return torch.tensor([self.fraction(int(c), float(k)) for c, k in zip(cache_levels, keep)],
+                            dtype=torch.float64)
 
 
 class _FlopCounter(TorchFunctionMode):

@@ -39,6 +39,10 @@ class DiTFamily:
         velocity: ``(transformer, x (B, C, H, W), sigma (B,), tokens, pooled, guidance=None) -> v``;
             ``guidance`` is the embedded guidance scale of guidance-distilled models (FLUX.1-dev).
         image_tokens: ``(transformer, height, width) -> number of image tokens``.
+        timestep_per_sigma: what the transformer's ``timestep`` argument is per unit of noise level
+            (Flux takes ``sigma`` and scales it itself, SD3 takes ``sigma * 1000``).
+        row_inputs: forward arguments that hold one row per sample (the rest, such as Flux's
+            position ids, are shared by the batch); what :func:`hasten.accelerate` splits by row.
     """
 
     name: str
@@ -47,6 +51,8 @@ class DiTFamily:
     text_first: bool
     velocity: Callable[..., torch.Tensor]
     image_tokens: Callable[[nn.Module, int, int], int]
+    timestep_per_sigma: float = 1.0
+    row_inputs: tuple[str, ...] = ("hidden_states", "encoder_hidden_states", "pooled_projections", "timestep")
 
     def blocks(self, transformer: nn.Module) -> list[nn.Module]:
         """All transformer blocks, flattened in execution order."""
@@ -105,6 +111,8 @@ register_family(DiTFamily(
     text_first=True,
     velocity=_flux_velocity,
     image_tokens=lambda transformer, h, w: (h // 2) * (w // 2),
+    timestep_per_sigma=1.0,
+    row_inputs=("hidden_states", "encoder_hidden_states", "pooled_projections", "timestep", "guidance"),
 ))
 
 
@@ -122,4 +130,6 @@ register_family(DiTFamily(
     text_first=False,
     velocity=_sd3_velocity,
     image_tokens=lambda transformer, h, w: (h // transformer.config.patch_size) * (w // transformer.config.patch_size),
+    timestep_per_sigma=1000.0,
+    row_inputs=("hidden_states", "encoder_hidden_states", "pooled_projections", "timestep"),
 ))

@@ -145,6 +145,7 @@ class KnobState:
         self.text_len = 0
         self.workspace = Workspace()
         self._boundary_inputs: dict[int, torch.Tensor] = {}
+        self.registrations: list[HookRegistration] = []  # the block hooks, for detach_knobs
 
     def set_call(self, cache: RowCache, row_ids: torch.Tensor, cache_levels: torch.Tensor,
                  keep: torch.Tensor) -> torch.Tensor:
@@ -415,6 +416,57 @@ def _attention_modules(block: nn.Module) -> list[nn.Module]:
     return [attn] if attn is not None and hasattr(attn, "processor") else []
 
 
+_MISSING = object()
+
+
+@dataclass
+class HookRegistration:
+    """A diffusers ``ModelHook`` registered by hasten, and what its module looked like before."""
+
+    module: nn.Module
+    name: str
+    had_registry: bool  # the module already had a ``HookRegistry`` (diffusers adds one in ``cache_context``)
+    forward: object  # the module's own ``forward`` instance attribute before, or ``_MISSING``
+
+
+def register_model_hook(module: nn.Module, hook: ModelHook, name: str) -> HookRegistration:
+    """Register ``hook`` as ``name`` in ``module``'s diffusers ``HookRegistry``; see :func:`remove_model_hook`."""
+    registration = HookRegistration(module, name, hasattr(module, "_diffusers_hook"),
+                                    module.__dict__.get("forward", _MISSING))
+    HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, name)
+    return registration
+
+
+def remove_model_hook(registration: HookRegistration) -> None:
+    """Remove a hook of :func:`register_model_hook`.
+
+    When no other hook remains, the module is left exactly as before: diffusers' ``remove_hook``
+    would leave the class's ``forward`` behind as an instance attribute, and a registry created
+    for this hook is deleted.
+    """
+    module = registration.module
+    registry = getattr(module, "_diffusers_hook", None)
+    if registry is None:
+        return
+    registry.remove_hook(registration.name, recurse=False)
+    if registry.hooks:
+        return
+    if registration.forward is _MISSING:
+        module.__dict__.pop("forward", None)
+    else:
+        module.forward = registration.forward
+    if not registration.had_registry:
+        del module._diffusers_hook
+
+
+def _invalidate_registry_cache(transformer: nn.Module) -> None:
+    """A transformer's ``HookRegistry`` caches the registries of its blocks; adding or removing
+    block hooks makes that list stale."""
+    registry = getattr(transformer, "_diffusers_hook", None)
+    if registry is not None and hasattr(registry, "invalidate_child_registries_cache"):
+        registry.invalidate_child_registries_cache()
+
+
 def attach_knobs(transformer: nn.Module) -> KnobState:
     """Attach the cache-reuse and sparse-attention knobs; returns the shared :class:`KnobState`.
 
@@ -427,28 +479,28 @@ def attach_knobs(transformer: nn.Module) -> KnobState:
     blocks = family.blocks(transformer)
     state = KnobState(family, len(blocks))
     for i, block in enumerate(blocks):
-        HookRegistry.check_if_exists_or_initialize(block).register_hook(KnobBlockHook(i, state), HOOK_NAME)
+        state.registrations.append(register_model_hook(block, KnobBlockHook(i, state), HOOK_NAME))
         for attn in _attention_modules(block):
             attn.processor = SparseAttentionProcessor(attn.processor, state)
     transformer._hasten_knobs = state
+    _invalidate_registry_cache(transformer)
     return state
 
 
 def detach_knobs(transformer: nn.Module) -> None:
-    """Remove every hook and processor wrapper :func:`attach_knobs` added."""
+    """Remove every hook and processor wrapper :func:`attach_knobs` added (the transformer is then
+    exactly as before: same forwards, registries and attention processors)."""
     state = getattr(transformer, "_hasten_knobs", None)
     if state is None:
         return
+    for registration in state.registrations:
+        remove_model_hook(registration)
     for block in state.family.blocks(transformer):
-        registry = getattr(block, "_diffusers_hook", None)
-        if registry is not None:
-            registry.remove_hook(HOOK_NAME, recurse=False)
-            if not registry.hooks:
-                del block._diffusers_hook
         for attn in _attention_modules(block):
             if isinstance(attn.processor, SparseAttentionProcessor):
                 attn.processor = attn.processor.inner
     del transformer._hasten_knobs
+    _invalidate_registry_cache(transformer)
 
 
 @contextlib.contextmanager

@@ -269,6 +269,32 @@ def cmd_knobs_bench(args) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- rollouts
+def cmd_rollouts_bench(args) -> int:
+    from hasten.rollouts.bench import bench_rollouts, markdown
+    from hasten.trainers.grpo import load_experiment
+
+    workers = _int_list(args.workers, "--workers")
+    threads = _int_list(args.inprocess_threads, "--inprocess-threads") if args.inprocess_threads else []
+    config = load_experiment(args.experiment, [*(args.set or []), "logging.progress=false"])
+    config.rollouts.threads = args.threads or 1
+    result = bench_rollouts(config, workers, iterations=args.iterations, inprocess_threads=threads,
+                            progress=not args.quiet)
+    result["command"] = "hasten " + " ".join(sys.argv[1:]) if sys.argv else ""
+    _report(markdown(result), result, args)
+    return 0
+
+
+def _int_list(text: str, option: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise HastenError(f"{option} {text!r}: expected comma-separated integers >= 1, e.g. 1,2")
+    return values
+
+
 # ----------------------------------------------------------------------------- parser
 def _print_help_and_fail(parser: argparse.ArgumentParser) -> int:
     parser.print_help(sys.stderr)
@@ -408,6 +434,25 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--out", default="runs", help="folder of run folders (default: %(default)s)")
     tr.add_argument("--quiet", action="store_true", help="no progress bar")
     tr.set_defaults(func=cmd_train)
+
+    # rollouts
+    roll_sub = _command_group(sub, "rollouts", "rollout pools: throughput benchmark",
+                              "The rollout pools (in-process, Ray actors).")
+    rb = roll_sub.add_parser(
+        "bench", help="episodes/s of the in-process pool and of 1, 2, ... Ray workers",
+        description="Collect the same iterations of an experiment (initial policy, references computed "
+                    "once beforehand) with the in-process pool and with Ray pools of several worker counts "
+                    "(each worker one CPU and --threads torch threads), one after the other in one run. "
+                    "Example: hasten rollouts bench experiments/quickstart.yaml --workers 1,2 --json out.json")
+    rb.add_argument("experiment", help="experiment file (YAML), e.g. experiments/quickstart.yaml")
+    rb.add_argument("--workers", default="1,2", help="Ray worker counts to measure (default: %(default)s)")
+    rb.add_argument("--inprocess-threads", default="",
+                    help="also measure the in-process pool at these torch thread counts, e.g. 1,2")
+    rb.add_argument("--iterations", type=int, default=3, help="timed iterations per pool, after one warm-up "
+                                                                  "(default: %(default)s)")
+    rb.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field of the experiment")
+    _add_report_options(rb)
+    rb.set_defaults(func=cmd_rollouts_bench)
 
     # report
     rep = sub.add_parser("report", help="PNG plots of a training run (reward, speedup, PSNR, decisions)",

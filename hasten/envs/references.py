@@ -63,16 +63,38 @@ class ReferenceCache:
     def get(self, labels, seeds) -> torch.Tensor:
         """(B, C, H, W) references of the rows (class index, noise seed); missing ones are computed."""
         keys = [(int(c), int(s)) for c, s in zip(labels, seeds)]
-        missing = sorted({k for k in keys if k not in self.images})
+        missing = self.missing(labels, seeds)
         if missing:
             self._compute(missing)
         return torch.stack([self.images[k] for k in keys])
+
+    def missing(self, labels, seeds) -> list[tuple[int, int]]:
+        """The (class, seed) keys of the rows that have no reference yet (sorted, unique)."""
+        return sorted({(int(c), int(s)) for c, s in zip(labels, seeds)} - self.images.keys())
+
+    def known(self, labels, seeds) -> dict[tuple[int, int], torch.Tensor]:
+        """The references already held for these rows (what a Ray pool ships with a shard)."""
+        keys = {(int(c), int(s)) for c, s in zip(labels, seeds)}
+        return {k: self.images[k] for k in keys if k in self.images}
+
+    def add(self, labels, seeds, images: torch.Tensor) -> None:
+        """Store references computed elsewhere (by a rollout worker); new ones are written to disk."""
+        new, seen = [], set()
+        for c, s, image in zip(labels, seeds, images):
+            key = (int(c), int(s))
+            if key not in self.images and key not in seen:
+                seen.add(key)
+                new.append((key, torch.as_tensor(image).clone()))
+        if new:
+            self._store([k for k, _ in new], torch.stack([image for _, image in new]))
 
     def _compute(self, keys: list[tuple[int, int]]) -> None:
         logger.info("computing %d full-compute references", len(keys))
         images, _ = self.generator.sample([c for c, _ in keys], [s for _, s in keys], num_steps=self.num_steps,
                                           guidance=self.guidance, batch_size=self.batch_size)
-        images = images.cpu()
+        self._store(keys, images.cpu())
+
+    def _store(self, keys: list[tuple[int, int]], images: torch.Tensor) -> None:
         for key, image in zip(keys, images):
             self.images[key] = image.clone()
         if self.directory:

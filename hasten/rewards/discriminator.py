@@ -51,6 +51,12 @@ class Discriminator:
         self.net.eval()
         return torch.sigmoid(self.net(inputs.images.float().cpu()))
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.net.state_dict()
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.net.load_state_dict(state)
+
     def update(self, full: torch.Tensor, accelerated: torch.Tensor) -> float:
         """``updates`` steps of binary cross-entropy: full-compute = 1, accelerated = 0; returns the last loss."""
         self.net.train()

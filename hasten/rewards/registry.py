@@ -80,6 +80,17 @@ class CompositeReward:
     def get(self, name: str):
         return self.terms.get(name)
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Tensors of the stateful terms (``name.key``), e.g. the online discriminator's weights:
+        what a Ray rollout worker needs to compute the same rewards as the controller."""
+        return {f"{name}.{k}": v for name, term in self.terms.items() if hasattr(term, "state_dict")
+                for k, v in term.state_dict().items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        for name, term in self.terms.items():
+            if hasattr(term, "load_state_dict"):
+                term.load_state_dict({k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")})
+
 
 def build_reward(spec: dict[str, dict], where: str = "rewards") -> CompositeReward:
     """``{name: {"weight": w, **term_kwargs}}`` -> :class:`CompositeReward` (weight-0 terms are dropped)."""

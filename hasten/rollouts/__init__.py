@@ -1,10 +1,13 @@
 """Rollout pools and the trajectory batch (DESIGN.md, "Rollouts").
 
-``InProcessPool`` runs the batched Denoising env in the controller's process; the Ray pool is a
-later issue and will return the same :class:`TrajectoryBatch`.
+One interface, two pools: ``collect(policy, conditions, seeds, budgets, row_seeds)`` runs one
+episode per row and returns a :class:`TrajectoryBatch`; ``stats()`` and ``close()``.
+:class:`InProcessPool` runs the batched env in the controller's process (the default);
+:class:`RayPool` runs shards of whole groups on Ray actors (``rollouts.backend: ray``).
 """
 
 from hasten.rollouts.batch import TrajectoryBatch
 from hasten.rollouts.inprocess import InProcessPool, decision_uniforms
+from hasten.rollouts.ray_pool import RayPool, RolloutSpec, RolloutWorker
 
-__all__ = ["InProcessPool", "TrajectoryBatch", "decision_uniforms"]
+__all__ = ["InProcessPool", "RayPool", "RolloutSpec", "RolloutWorker", "TrajectoryBatch", "decision_uniforms"]

@@ -41,6 +41,36 @@ class TrajectoryBatch:
     decisions: np.ndarray
     extra: dict = field(default_factory=dict)
 
+    @classmethod
+    def concatenate(cls, batches: list["TrajectoryBatch"]) -> "TrajectoryBatch":
+        """Rows of several batches, in order; shorter decision axes are padded with inactive steps.
+
+        Inactive entries are zero in every batch (the pools zero them), so a batch split into
+        shards and joined again equals the batch collected in one piece.
+        """
+        if not batches:
+            raise ValueError("TrajectoryBatch.concatenate: expected at least one batch")
+        steps = max(b.obs.shape[0] for b in batches)
+
+        def time_major(name):
+            parts = []
+            for b in batches:
+                a = getattr(b, name)
+                pad = np.zeros((steps - a.shape[0], *a.shape[1:]), dtype=a.dtype)
+                parts.append(np.concatenate([a, pad]))
+            return np.concatenate(parts, axis=1)
+
+        def rows(name):
+            return np.concatenate([getattr(b, name) for b in batches])
+
+        return cls(obs=time_major("obs"), actions=time_major("actions"), logp=time_major("logp"),
+                   active=time_major("active"), rewards=rows("rewards"),
+                   terms={k: np.concatenate([b.terms[k] for b in batches]) for k in batches[0].terms},
+                   flops_fraction=rows("flops_fraction"), cost_fraction=rows("cost_fraction"),
+                   conditions=rows("conditions"), seeds=rows("seeds"), budgets=rows("budgets"),
+                   images=rows("images"), references=rows("references"), decisions=rows("decisions"),
+                   extra={"parts": [b.extra for b in batches]})
+
     @property
     def num_episodes(self) -> int:
         return self.rewards.shape[0]

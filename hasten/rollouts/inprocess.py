@@ -25,6 +25,13 @@ class InProcessPool:
     def __init__(self, env: DenoisingVectorEnv):
         self.env = env
 
+    def stats(self) -> dict:
+        """Pool metrics of the last ``collect`` (none for the in-process pool)."""
+        return {}
+
+    def close(self) -> None:
+        """Nothing to release (the Ray pool stops its actors here)."""
+
     def collect(self, policy, conditions, seeds, budgets, row_seeds, greedy: bool = False) -> TrajectoryBatch:
         """Run one episode per row to its end; row n samples its decisions from ``row_seeds[n]``."""
         env = self.env
@@ -51,12 +58,15 @@ class InProcessPool:
                 target = terms.setdefault(name, np.full(n, np.nan))
                 done_now = ~np.isnan(column)
                 target[done_now] = column[done_now]
+        active = np.stack(all_active)
         labels = env.rollout.labels.cpu().numpy()
         spent = env.spent()
         flops = env.rollout.flops_fraction().copy()
         return TrajectoryBatch(
-            obs=np.stack(all_obs).astype(np.float32), actions=np.stack(all_actions).astype(np.int64),
-            logp=np.stack(all_logp).astype(np.float32), active=np.stack(all_active),
+            # inactive entries zeroed, so that shards joined by TrajectoryBatch.concatenate equal one batch
+            obs=np.where(active[..., None], np.stack(all_obs), 0).astype(np.float32),
+            actions=np.where(active[..., None], np.stack(all_actions), 0).astype(np.int64),
+            logp=np.where(active, np.stack(all_logp), 0).astype(np.float32), active=active,
             rewards=rewards, terms=terms, flops_fraction=flops, cost_fraction=flops if spent is None else spent,
             conditions=labels, seeds=np.asarray(seeds, dtype=np.int64), budgets=env.budgets.copy(),
             images=env.images().cpu().numpy(), references=env.references.get(labels, seeds).numpy(),

@@ -105,19 +105,19 @@ class GRPOTrainer:
         from hasten.envs.references import ReferenceCache
         from hasten.generators import load_generator
         from hasten.rewards import build_reward
-        from hasten.rollouts import InProcessPool
+        from hasten.rollouts import InProcessPool, RayPool, RolloutSpec
 
         self.config, self.run_dir = config, run_dir
         g = config.grpo
         if config.rollouts.threads:
             torch.set_num_threads(config.rollouts.threads)
+        torch.manual_seed(config.seed)  # the policy's and the discriminator's initial weights
         # Everything that can fail on user input fails here, before the run folder exists.
         self.reward = build_reward(config.rewards, where="rewards")
         self.generator = generator if generator is not None else load_generator(config.generator)
         self.num_steps = config.num_steps or self.generator.default_steps
         self.guidance = self.generator.default_guidance if config.guidance == -1.0 else config.guidance
         self.discriminator = self.reward.get("discriminator")
-        torch.manual_seed(config.seed)
         policy_config = copy.deepcopy(config.policy)
         policy_config.family = self.generator.family.name
         policy_config.generator = config.generator
@@ -138,7 +138,14 @@ class GRPOTrainer:
                                       num_steps=self.num_steps, guidance=self.guidance, budget=config.budget,
                                       rewards=self.reward, references=references, cost_unit=config.cost_unit,
                                       time_table=policy_config.time_table or None)
-        self.pool = InProcessPool(self.env)
+        if config.rollouts.backend == "ray":
+            spec = RolloutSpec(generator=config.generator, num_steps=self.num_steps, guidance=self.guidance,
+                               budget=config.budget, rewards=config.rewards, cost_unit=config.cost_unit,
+                               time_table=policy_config.time_table or None, policy=to_dict(policy_config),
+                               threads=config.rollouts.threads)
+            self.pool = RayPool(spec, config.rollouts, g.group_size, reward=self.reward, references=references)
+        else:
+            self.pool = InProcessPool(self.env)
         rng = np.random.default_rng(config.seed)
         self.pairs = np.stack([np.arange(config.train_pairs) % self.generator.num_classes,
                                rng.integers(0, 1_000_000, size=config.train_pairs)], axis=1)
@@ -224,6 +231,7 @@ class GRPOTrainer:
             "timing_s/rollout": rollout_s,
             "timing_s/update": update_s,
             "perf/episodes_per_s": batch.num_episodes / max(rollout_s, 1e-9),
+            **self.pool.stats(),
         }
         if self.config.cost_unit == "time":
             m["charts/time_fraction_est"] = float(batch.cost_fraction.mean())
@@ -285,6 +293,7 @@ class GRPOTrainer:
             if bar is not None:
                 bar.close()
             self.writer.close()
+            self.pool.close()
         return os.path.join(self.run_dir, POLICY_DIR)
 
     def log(self, iteration: int, m: dict) -> None:

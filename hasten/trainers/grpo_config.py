@@ -61,17 +61,32 @@ class GRPOConfig:
 
 @dataclass
 class RolloutConfig:
-    """Where episodes run (the Ray backend is a later issue; in-process is the default)."""
+    """Where episodes run: in the controller's process (default) or on Ray actors (DESIGN.md, "Rollouts")."""
 
-    backend: str = "inprocess"  # "inprocess"
-    threads: int = 2  # torch threads of the rollout process (0 = torch's default)
+    backend: str = "inprocess"  # "inprocess" or "ray"
+    threads: int = 2  # torch threads of the process that runs episodes (each Ray worker's, for ray; 0 = torch's default)
+    address: str = "local"  # ray: "local" (start Ray on this machine), "auto" (the running cluster) or "HOST:PORT"
+    num_workers: int = 2  # ray: rollout actors, each with its own frozen generator and env
+    num_cpus_per_worker: float = 1.0  # ray: CPUs reserved per actor
+    num_gpus_per_worker: float = 0.0  # ray: GPUs per actor (the generator moves to its GPU when > 0)
+    shards_per_worker: int = 1  # ray: an iteration's groups are cut into num_workers x this shards (at most one per group)
+    max_restarts: int = 3  # ray: restarts of a dead actor before its slot is dropped
 
     def __post_init__(self):
-        if self.backend != "inprocess":
-            raise ValueError(f"rollouts.backend={self.backend!r}: expected 'inprocess' (the Ray backend is not "
-                             "in this version)")
+        if self.backend not in ("inprocess", "ray"):
+            raise ValueError(f"rollouts.backend={self.backend!r}: expected 'inprocess' or 'ray'")
         if self.threads < 0:
             raise ValueError(f"rollouts.threads={self.threads}: expected an integer >= 0")
+        if not self.address:
+            raise ValueError("rollouts.address: expected 'local', 'auto' or HOST:PORT of a Ray cluster")
+        for name in ("num_workers", "shards_per_worker"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"rollouts.{name}={getattr(self, name)}: expected an integer >= 1")
+        if self.num_cpus_per_worker <= 0:
+            raise ValueError(f"rollouts.num_cpus_per_worker={self.num_cpus_per_worker}: expected a number > 0")
+        for name in ("num_gpus_per_worker", "max_restarts"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"rollouts.{name}={getattr(self, name)}: expected a number >= 0")
 
 
 @dataclass

@@ -1,0 +1,153 @@
+"""The Ray rollout pool on a local CPU cluster (``ray.init(num_cpus=2)``): same trajectories and
+policy as the in-process pool, a worker SIGKILLed mid-iteration changes nothing, clear errors."""
+
+import os
+import signal
+
+import numpy as np
+import pytest
+import torch
+
+from hasten.errors import HastenError
+from hasten.rollouts import TrajectoryBatch
+from hasten.trainers.grpo import GRPOTrainer, load_experiment
+
+ray = pytest.importorskip("ray")
+
+ITERATIONS = 3
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+def _config(generator_dir, *extra):
+    return load_experiment(None, [f"generator={generator_dir}", f"grpo.iterations={ITERATIONS}",
+                                  "grpo.groups_per_iteration=4", "grpo.group_size=3", "train_pairs=8",
+                                  "logging.progress=false", "logging.sample_every=100", "rollouts.threads=1",
+                                  *extra])
+
+
+def _train(config, run_dir, before_train=None):
+    """Train; returns (trainer, the batch of every iteration, the metrics of every iteration)."""
+    trainer = GRPOTrainer(config, run_dir)
+    batches, metrics = [], []
+    collect = trainer.pool.collect
+
+    def recording_collect(*args, **kwargs):
+        batch = collect(*args, **kwargs)
+        batches.append(batch)
+        return batch
+
+    trainer.pool.collect = recording_collect
+    if before_train is not None:
+        before_train(trainer)
+    trainer.train(progress=False, on_iteration=lambda i, m: metrics.append(m))
+    return trainer, batches, metrics
+
+
+@pytest.fixture(scope="module")
+def inprocess_run(tiny_generator_dir, tmp_path_factory):
+    return _train(_config(tiny_generator_dir), str(tmp_path_factory.mktemp("inprocess") / "run"))
+
+
+def _assert_same_trajectories(expected: TrajectoryBatch, got: TrajectoryBatch):
+    for name in ("actions", "active", "decisions", "conditions", "seeds"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(expected, name), err_msg=name)
+    for name in ("obs", "logp", "rewards", "flops_fraction", "cost_fraction", "budgets", "images", "references"):
+        np.testing.assert_allclose(getattr(got, name), getattr(expected, name), atol=1e-4, err_msg=name)
+    for term in expected.terms:
+        np.testing.assert_allclose(got.terms[term], expected.terms[term], atol=1e-4, err_msg=term)
+
+
+def test_unreachable_address_fails_before_any_work(tiny_generator_dir, tmp_path):
+    # first in this module: the address is only used when Ray is not initialised yet
+    assert not ray.is_initialized()
+    run = tmp_path / "run"
+    with pytest.raises(HastenError, match=r"rollouts.address='127.0.0.1:9'.*no Ray cluster answers"):
+        GRPOTrainer(_config(tiny_generator_dir, "rollouts.backend=ray", "rollouts.address=127.0.0.1:9"), str(run))
+    with pytest.raises(HastenError, match="expected 'local', 'auto' or HOST:PORT"):
+        GRPOTrainer(_config(tiny_generator_dir, "rollouts.backend=ray", "rollouts.address=nowhere"), str(run))
+    assert not run.exists() and not ray.is_initialized()
+
+
+def test_ray_pool_gives_the_inprocess_trajectories_and_policy(ray_cluster, inprocess_run, tiny_generator_dir,
+                                                              tmp_path):
+    trainer, batches, metrics = _train(_config(tiny_generator_dir, "rollouts.backend=ray",
+                                               "rollouts.num_workers=2"), str(tmp_path / "run"))
+    ref_trainer, ref_batches, _ = inprocess_run
+    assert len(batches) == len(ref_batches) == ITERATIONS
+    for expected, got in zip(ref_batches, batches):
+        _assert_same_trajectories(expected, got)
+        assert {part["pid"] for part in got.extra["parts"]}.__len__() == 2  # both workers did a shard
+    for key, value in ref_trainer.policy.state_dict().items():
+        torch.testing.assert_close(trainer.policy.state_dict()[key], value, atol=1e-4, rtol=1e-4)
+    assert all(m["perf/workers"] == 2 and m["perf/worker_restarts"] == 0 for m in metrics)
+    assert all(0 < m["perf/worker_utilisation"] <= 1.0 + 1e-6 for m in metrics)
+    # references the workers computed came back to the controller's cache, on disk for a resume
+    assert os.path.isfile(tmp_path / "run" / "references" / "index.json")
+    assert trainer.pool.workers == []  # closed at the end of the run
+
+
+def test_a_worker_killed_mid_iteration_changes_nothing(ray_cluster, inprocess_run, tiny_generator_dir, tmp_path):
+    kills = []
+
+    def kill_during_iteration_two(pool):
+        if pool.version == 2:  # the second iteration's shards were just sent: kill the first worker now
+            os.kill(pool.pids[0], signal.SIGKILL)
+            kills.append(pool.pids[0])
+
+    trainer, batches, metrics = _train(
+        _config(tiny_generator_dir, "rollouts.backend=ray", "rollouts.num_workers=2"), str(tmp_path / "run"),
+        before_train=lambda t: setattr(t.pool, "on_dispatch", kill_during_iteration_two))
+    assert kills, "the kill hook never ran"
+    assert [m["perf/worker_restarts"] for m in metrics] == [0, 1, 0]
+    assert metrics[-1]["perf/workers"] == 2
+    _, ref_batches, _ = inprocess_run
+    assert len(batches) == ITERATIONS
+    for expected, got in zip(ref_batches, batches):  # nothing lost, nothing counted twice
+        _assert_same_trajectories(expected, got)
+
+
+def test_concatenated_shards_equal_the_whole_batch(tiny_generator):
+    from hasten.envs.denoising import DenoisingVectorEnv
+    from hasten.policies import Policy, PolicyConfig
+    from hasten.rollouts import InProcessPool
+
+    torch.manual_seed(0)
+    policy = Policy(PolicyConfig(init_probs={"step_skip": [0.5, 0.3, 0.2]}))
+    conditions, seeds = [0, 1, 2, 3], [10, 11, 12, 13]
+    budgets, row_seeds = np.full(4, 0.4), np.arange(4) + 100
+
+    def collect(rows):
+        env = DenoisingVectorEnv(num_envs=len(rows), generator=tiny_generator, rewards={"cost": {"weight": 1.0}})
+        return InProcessPool(env).collect(policy, [conditions[i] for i in rows], [seeds[i] for i in rows],
+                                          budgets[rows], row_seeds[rows])
+
+    whole = collect([0, 1, 2, 3])
+    joined = TrajectoryBatch.concatenate([collect([0]), collect([1, 2]), collect([3])])
+    _assert_same_trajectories(whole, joined)
+    assert joined.obs.shape == whole.obs.shape
+
+
+def test_more_gpus_or_cpus_than_the_cluster_has_fail_before_any_work(ray_cluster, tiny_generator_dir, tmp_path):
+    run = tmp_path / "run"
+    with pytest.raises(HastenError, match=r"num_gpus_per_worker=1.0: no node .* has that many GPUs"):
+        GRPOTrainer(_config(tiny_generator_dir, "rollouts.backend=ray", "rollouts.num_gpus_per_worker=1"), str(run))
+    with pytest.raises(HastenError, match=r"num_workers=3 x num_cpus_per_worker=1.0 needs 3 CPUs.* has 2"):
+        GRPOTrainer(_config(tiny_generator_dir, "rollouts.backend=ray", "rollouts.num_workers=3"), str(run))
+    assert not run.exists()
+
+
+def test_rollout_config_rejects_bad_values():
+    from hasten.trainers.grpo_config import RolloutConfig
+
+    with pytest.raises(ValueError, match="expected 'inprocess' or 'ray'"):
+        RolloutConfig(backend="dask")
+    with pytest.raises(ValueError, match="num_workers=0"):
+        RolloutConfig(num_workers=0)
+    with pytest.raises(ValueError, match="num_gpus_per_worker=-1"):
+        RolloutConfig(num_gpus_per_worker=-1)

@@ -151,3 +151,22 @@ def test_rollout_config_rejects_bad_values():
         RolloutConfig(num_workers=0)
     with pytest.raises(ValueError, match="num_gpus_per_worker=-1"):
         RolloutConfig(num_gpus_per_worker=-1)
+
+
+@pytest.mark.parametrize("changes, fragment", [
+    (["rollouts.address=127.0.0.1:9"], "rollouts.address='127.0.0.1:9': no Ray cluster answers there"),
+    (["rollouts.num_gpus_per_worker=1"], "rollouts.num_gpus_per_worker=1.0: no node of the Ray cluster has that many"),
+    (["rollouts.backend=dask"], "rollouts.backend='dask': expected 'inprocess' or 'ray'"),
+], ids=["unreachable", "gpus", "backend"])
+def test_cli_ray_errors_are_clear_and_write_nothing(changes, fragment, tiny_generator_dir, tmp_path):
+    from test_cli import run_cli
+
+    out = tmp_path / "runs"
+    sets = [arg for change in changes for arg in ("--set", change)]
+    result = run_cli("train", "experiments/ray_quickstart.yaml", "--set", f"generator={tiny_generator_dir}",
+                     *sets, "--out", str(out), "--quiet")
+    assert result.returncode == 2, result.stderr
+    last = result.stderr.strip().splitlines()[-1]  # Ray itself may print a notice (token auth) before it
+    assert last.startswith("hasten: error:") and fragment in last, result.stderr
+    assert "Traceback" not in result.stderr
+    assert not out.exists()

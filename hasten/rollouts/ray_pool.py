@@ -268,6 +268,8 @@ def connect(config):
                 raise HastenError(f"rollouts.address={address!r}: cannot connect to a Ray cluster "
                                   f"({_first_line(e)}); start one with `ray start --head` or use address: local") from e
         started = True
+    elif address != "local":
+        logger.info("rollouts: Ray is already initialised in this process; using that cluster, not %s", address)
     try:
         check_resources(ray, config)
     except HastenError:

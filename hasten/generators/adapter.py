@@ -48,6 +48,8 @@ class DiTGenerator:
         scheduler_config: config of the ``FlowMatchEulerDiscreteScheduler``.
         meta: the generator folder's ``hasten_generator.json`` (class names, defaults, recipe).
         path: the generator folder.
+        latent_space: True when the sampler runs in a VAE's latent space (a diffusers pipeline's
+            generator, :mod:`hasten.generators.pipeline`): samples are latents, never clamped.
     """
 
     def __init__(self, transformer, class_encoder: ClassEncoder, scheduler_config: dict, meta: dict,
@@ -64,6 +66,7 @@ class DiTGenerator:
         self.channels: int = int(meta.get("channels", 3))
         self.default_steps: int = int(meta["num_steps"])
         self.default_guidance: float = float(meta["guidance_scale"])
+        self.latent_space: bool = bool(meta.get("latent_space", False))
         self._knobs: KnobState | None = None
         self._cost: StepCost | None = None
 
@@ -90,6 +93,11 @@ class DiTGenerator:
     def device(self) -> torch.device:
         return next(self.transformer.parameters()).device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The transformer's dtype (the sampler's state stays float32; model inputs are cast to this)."""
+        return next(self.transformer.parameters()).dtype
+
     def noise(self, seeds: Sequence[int]) -> torch.Tensor:
         """(B, C, H, W) initial noise on the model's device; row i depends only on ``seeds[i]``
         (drawn on the CPU, so the same seed gives the same noise on every device)."""
@@ -114,10 +122,12 @@ class DiTGenerator:
         Both classifier-free-guidance branches go through the transformer in one batch of 2B rows
         (conditional rows first); a guidance-distilled model gets the scale as an input instead.
         """
-        b = x.shape[0]
+        b, state_dtype = x.shape[0], x.dtype
+        x = x.to(self.dtype)  # a bf16 / fp16 transformer gets its own dtype; the Euler state stays float32
         if self.distilled_guidance:  # FLUX.1-dev style: the scale is an input, one branch
             tokens, pooled = self.class_encoder(labels)
-            return self.family.velocity(self.transformer, x, sigma, tokens, pooled, guidance=guidance)
+            return self.family.velocity(self.transformer, x, sigma, tokens, pooled,
+                                        guidance=guidance).to(state_dtype)
         if guidance == 1.0:
             all_labels, all_x, all_sigma = labels, x, sigma
         else:
@@ -125,7 +135,7 @@ class DiTGenerator:
             all_labels = torch.cat([labels, null])
             all_x, all_sigma = torch.cat([x, x]), torch.cat([sigma, sigma])
         tokens, pooled = self.class_encoder(all_labels)
-        v = self.family.velocity(self.transformer, all_x, all_sigma, tokens, pooled)
+        v = self.family.velocity(self.transformer, all_x, all_sigma, tokens, pooled).to(state_dtype)
         if guidance == 1.0:
             return v
         v_cond, v_uncond = v[:b], v[b:]
@@ -217,7 +227,14 @@ class DiTGenerator:
             sigma = (t / scheduler.config.num_train_timesteps).expand(x.shape[0])
             v = self.velocity(x, sigma, labels, guidance)
             x = scheduler.step(v, t, x, return_dict=False)[0]
-        return x.clamp(-1, 1)
+        return x if self.latent_space else x.clamp(-1, 1)
+
+    def preview(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) RGB in [-1, 1] of samples, for sample grids (pixel-space samples as they are)."""
+        if images.shape[1] != 3:
+            raise HastenError(f"preview of {images.shape[1]}-channel samples: expected RGB; a latent-space "
+                              "generator decodes its latents (hasten.generators.pipeline)")
+        return images.float().cpu().clamp(-1, 1)
 
     # ----------------------------------------------------------------------------- knob-driven rollouts
     def step_cost(self) -> StepCost:
@@ -253,7 +270,7 @@ class DiTGenerator:
         return Rollout(labels=labels, x=self.noise(seeds), num_steps=num_steps, guidance=guidance,
                        timesteps=(scheduler.timesteps / scheduler.config.num_train_timesteps).cpu(),
                        sigmas=scheduler.sigmas.cpu(), cfg=guidance != 1.0 and not self.distilled_guidance,
-                       seeds=seeds)
+                       seeds=seeds, clamp=not self.latent_space)
 
     @torch.no_grad()
     def step(self, rollout: "Rollout", decisions) -> torch.Tensor:
@@ -408,12 +425,15 @@ class Rollout(RowState):
         x: (B, C, H, W) current images/latents.
         labels: (B,) class of each row; guidance: the guidance scale.
         timesteps: (num_steps,) the schedule's timesteps as noise levels; sigmas: (num_steps + 1,).
+        clamp: whether :meth:`images` clamps to [-1, 1] (pixel space; latents are not clamped).
     """
 
-    def __init__(self, labels, x, num_steps, guidance, timesteps, sigmas, cfg: bool, seeds=None):
+    def __init__(self, labels, x, num_steps, guidance, timesteps, sigmas, cfg: bool, seeds=None,
+                 clamp: bool = True):
         super().__init__(x.shape[0], num_steps, sigmas, cfg, seeds)
         self.labels, self.x = labels, x.clone()
         self.guidance, self.timesteps = guidance, timesteps
+        self.clamp = clamp
 
     def reset_rows(self, rows: torch.Tensor, labels: torch.Tensor, x: torch.Tensor, seeds=None) -> None:
         """Start rows ``rows`` afresh at pure noise ``x`` with classes ``labels`` (the rest go on)."""
@@ -429,7 +449,7 @@ class Rollout(RowState):
         self.cache.forget(torch.cat([rows, rows + self.batch_size]) if self.cfg else rows)
 
     def images(self) -> torch.Tensor:
-        return self.x.clamp(-1, 1)
+        return self.x.clamp(-1, 1) if self.clamp else self.x
 
 
 def _expand_decisions(decisions, n: int, num_steps: int) -> np.ndarray:

@@ -60,8 +60,10 @@ class StepCost:
               pooled_dim: int) -> "StepCost":
         """Count the FLOPs of one batch-1 forward of ``transformer`` at this resolution."""
         family = family_of(transformer)
-        x, sigma = torch.zeros(1, channels, image_size, image_size), torch.full((1,), 0.5)
-        tokens, pooled = torch.zeros(1, text_tokens, token_dim), torch.zeros(1, pooled_dim)
+        weight = next(transformer.parameters())
+        like = dict(device=weight.device, dtype=weight.dtype)  # e.g. a bf16 FLUX.1-dev on a GPU
+        x, sigma = torch.zeros(1, channels, image_size, image_size, **like), torch.full((1,), 0.5, **like)
+        tokens, pooled = torch.zeros(1, text_tokens, token_dim, **like), torch.zeros(1, pooled_dim, **like)
         return cls.trace_call(transformer, lambda: family.velocity(transformer, x, sigma, tokens, pooled), text_tokens)
 
     @classmethod

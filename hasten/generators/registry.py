@@ -1,4 +1,5 @@
-"""Where generators come from: the embedded ones shipped in the package, or a generator folder.
+"""Where generators come from: the embedded ones shipped in the package, a generator folder, or a
+diffusers pipeline folder (FLUX.1-dev, SD3-medium: :mod:`hasten.generators.pipeline`).
 
 A generator folder (what ``hasten generator train`` exports) holds::
 
@@ -40,7 +41,7 @@ def resolve_generator_path(name_or_path: str) -> str:
                           f"written by `hasten generator train` (holding {META})")
     if not os.path.isfile(os.path.join(name_or_path, META)):
         raise HastenError(f"{name_or_path}: not a generator folder ({META} missing); expected a folder "
-                          "written by `hasten generator train`")
+                          "written by `hasten generator train` or a diffusers pipeline folder (model_index.json)")
     return name_or_path
 
 
@@ -58,26 +59,39 @@ def _check_safetensors(path: str) -> None:
         raise HastenError(f"{path}: not a readable safetensors file ({e})") from e
 
 
-def load_generator(name_or_path: str = "embedded:shapes"):
+def load_generator(name_or_path: str = "embedded:shapes", **options):
     """Load a frozen generator adapter.
 
     Args:
-        name_or_path: ``"embedded:shapes"`` or a generator folder.
+        name_or_path: ``"embedded:shapes"``, a generator folder (``hasten generator train``), or a
+            diffusers pipeline folder (``model_index.json`` of a FluxPipeline / StableDiffusion3Pipeline,
+            e.g. FLUX.1-dev downloaded by the user).
+        **options: for a pipeline folder, the fields of
+            :class:`~hasten.generators.pipeline.PipelineOptions` (``prompts`` or ``prompts_file``,
+            ``resolution``, ``dtype``, ``device``, ...); none for the other generators.
 
     Returns:
-        A :class:`~hasten.generators.adapter.DiTGenerator`.
+        A :class:`~hasten.generators.adapter.DiTGenerator` (a
+        :class:`~hasten.generators.pipeline.PipelineGenerator` for a pipeline folder).
 
     Example:
         >>> gen = load_generator("embedded:shapes")  # doctest: +SKIP
         >>> images, stats = gen.sample(["red circle"], seeds=[0])  # doctest: +SKIP
+        >>> flux = load_generator("models/FLUX.1-dev", prompts=["a red fox"], device="cuda")  # doctest: +SKIP
     """
     import diffusers
 
     from hasten.generators.adapter import DiTGenerator
     from hasten.generators.families import FAMILIES
     from hasten.generators.flux_pixel import ClassEncoder
+    from hasten.generators.pipeline import is_pipeline_folder, load_pipeline_generator
     from hasten.io import read_json
 
+    if not name_or_path.startswith("embedded:") and is_pipeline_folder(name_or_path):
+        return load_pipeline_generator(name_or_path, **options)
+    if options:
+        raise HastenError(f"{name_or_path}: generator options {sorted(options)} apply to diffusers pipeline folders "
+                          "(with model_index.json) only; remove generator_options for this generator")
     path = resolve_generator_path(name_or_path)
     meta = read_json(os.path.join(path, META))
     for key in ("family", "class_names", "image_size", "num_steps", "guidance_scale"):

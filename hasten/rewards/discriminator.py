@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hasten.errors import HastenError
 from hasten.rewards.registry import RewardInputs, register_reward
 
 
@@ -42,12 +43,19 @@ class Discriminator:
     """
 
     def __init__(self, width: int = 16, lr: float = 1e-3, updates: int = 2, channels: int = 3):
-        self.width, self.lr, self.updates = int(width), float(lr), int(updates)
+        self.width, self.lr, self.updates, self.channels = int(width), float(lr), int(updates), int(channels)
         self.net = DiscriminatorNet(channels, self.width)
         self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=self.lr, weight_decay=0.0)
 
+    def _check(self, images: torch.Tensor) -> None:
+        if images.shape[1] != self.channels:
+            raise HastenError(f"rewards.discriminator.channels={self.channels}, but the generator's samples have "
+                              f"{images.shape[1]} channels (a pipeline generator's are latents: 16 for FLUX.1 and "
+                              f"SD3); set rewards.discriminator.channels: {images.shape[1]}")
+
     @torch.no_grad()
     def __call__(self, inputs: RewardInputs) -> torch.Tensor:
+        self._check(inputs.images)
         self.net.eval()
         return torch.sigmoid(self.net(inputs.images.float().cpu()))
 
@@ -59,6 +67,7 @@ class Discriminator:
 
     def update(self, full: torch.Tensor, accelerated: torch.Tensor) -> float:
         """``updates`` steps of binary cross-entropy: full-compute = 1, accelerated = 0; returns the last loss."""
+        self._check(full)
         self.net.train()
         images = torch.cat([full, accelerated]).float().cpu()
         targets = torch.cat([torch.ones(len(full)), torch.zeros(len(accelerated))])

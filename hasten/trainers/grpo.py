@@ -114,7 +114,8 @@ class GRPOTrainer:
         torch.manual_seed(config.seed)  # the policy's and the discriminator's initial weights
         # Everything that can fail on user input fails here, before the run folder exists.
         self.reward = build_reward(config.rewards, where="rewards")
-        self.generator = generator if generator is not None else load_generator(config.generator)
+        self.generator = generator if generator is not None else load_generator(config.generator,
+                                                                                  **config.generator_options)
         self.num_steps = config.num_steps or self.generator.default_steps
         self.guidance = self.generator.default_guidance if config.guidance == -1.0 else config.guidance
         self.discriminator = self.reward.get("discriminator")
@@ -310,7 +311,7 @@ class GRPOTrainer:
         images, _ = self.generator.sample(conditions, seeds, num_steps=self.num_steps, guidance=self.guidance,
                                           decisions=self.policy.decide(self.config.budget))
         full = self.env.references.get(conditions, seeds)
-        grid = torch.cat([full, images.cpu()])  # (2n, C, H, W)
+        grid = self.generator.preview(torch.cat([full, images.cpu()]))  # (2n, 3, H, W); latents decoded
         grid = grid.view(2, n, *grid.shape[1:]).permute(2, 0, 3, 1, 4).reshape(grid.shape[1], 2 * grid.shape[2], -1)
         self.writer.add_image("samples/full_top_vs_accelerated_bottom", (grid.clamp(-1, 1) + 1) / 2, iteration)
 

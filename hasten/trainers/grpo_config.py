@@ -107,7 +107,8 @@ class LoggingConfig:
 class ExperimentConfig:
     """One ``hasten train`` run: the frozen generator, the target, the policy, rewards and GRPO."""
 
-    generator: str = ""  # embedded:NAME or a generator folder (required)
+    generator: str = ""  # embedded:NAME, a generator folder, or a diffusers pipeline folder (required)
+    generator_options: dict = field(default_factory=dict)  # pipeline folder: prompts, resolution, dtype, device
     name: str = "run"  # run folder name under runs/
     seed: int = 0  # seeds the training pairs, the policy init and the decision sampling
     num_steps: int = 0  # schedule length (0 = the generator's default)
@@ -142,5 +143,8 @@ class ExperimentConfig:
         if self.train_pairs < self.grpo.groups_per_iteration:
             raise ValueError(f"train_pairs={self.train_pairs} < grpo.groups_per_iteration="
                              f"{self.grpo.groups_per_iteration}: expected at least one pair per group")
+        if self.generator_options and self.rollouts.backend == "ray":
+            raise ValueError("generator_options with rollouts.backend=ray: Ray actors load their generator by name "
+                             "only in this version; use rollouts.backend: inprocess for a pipeline generator")
         if not isinstance(self.rewards, dict) or not self.rewards:
             raise ValueError("rewards: expected a mapping of reward terms, e.g. {fidelity: {weight: 1.0}}")

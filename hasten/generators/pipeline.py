@@ -1,0 +1,376 @@
+"""Generators backed by a real diffusers pipeline folder (FLUX.1-dev, SD3-medium, ...).
+
+``hasten.load_generator("models/FLUX.1-dev", prompts_file="prompts.txt", resolution=1024)`` reads a
+folder written by ``pipe.save_pretrained`` or ``huggingface-cli download`` (it holds
+``model_index.json``) and returns a :class:`PipelineGenerator`: hasten's
+:class:`~hasten.generators.adapter.DiTGenerator` (the same reference and knob-driven samplers, env,
+trainer and ``hasten.accelerate``) over the pipeline's own transformer, scheduler and prompts:
+
+- conditions are the experiment's prompts (the "classes"): each prompt is encoded ONCE, at load, by
+  the pipeline's own ``encode_prompt`` (CLIP + T5), and the text encoders are freed before the
+  transformer is loaded; :class:`PromptTable` then maps a prompt index to its embeddings, with index
+  ``len(prompts)`` the negative (empty) prompt of classifier-free guidance;
+- the sampler runs in the VAE's latent space: latent channels from the transformer's config
+  (FLUX packs 2x2 patches of 16 channels into 64), latent size ``resolution / vae_scale_factor``;
+  one noise tensor per seed as for every hasten generator; fidelity and discriminator rewards
+  compare latents (DESIGN.md, "Rewards"), and :meth:`PipelineGenerator.preview` decodes them with
+  the VAE for sample grids;
+- the schedule is the one the pipeline builds: FluxPipeline's ``sigmas = linspace(1, 1/n, n)`` with
+  the resolution-dependent shift ``mu = calculate_shift(image_seq_len, ...)`` of its scheduler
+  config; StableDiffusion3Pipeline's default sigmas with its static (or dynamic) shift;
+- guidance as the pipelines apply it: FLUX.1-dev's distilled guidance is an input of one call;
+  SD3 runs [cond, uncond] rows of one call and mixes ``uncond + g * (cond - uncond)``.
+
+With every knob off, a sample equals the pipeline's own ``output_type="latent"`` result for the same
+prompt and initial latents (``tests/test_pipeline_generator.py`` checks this on tiny random
+FluxPipeline and StableDiffusion3Pipeline folders).
+
+Example:
+    >>> gen = load_pipeline_generator("models/FLUX.1-dev", prompts=["a red fox in the snow"],
+    ...                               resolution=1024, dtype="bfloat16", device="cuda")  # doctest: +SKIP
+    >>> latents, stats = gen.sample(["a red fox in the snow"], seeds=[0])  # doctest: +SKIP
+    >>> latents.shape  # doctest: +SKIP
+    torch.Size([1, 16, 128, 128])
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from hasten.errors import HastenError
+from hasten.generators.adapter import DiTGenerator
+
+logger = logging.getLogger(__name__)
+
+MODEL_INDEX = "model_index.json"
+
+#: diffusers pipeline class -> (hasten family, default guidance of the pipeline's __call__)
+PIPELINES = {"FluxPipeline": "flux", "StableDiffusion3Pipeline": "sd3"}
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+ENCODE_BATCH = 8  # prompts per encode_prompt call
+
+
+@dataclass
+class PipelineOptions:
+    """``generator_options`` of an experiment whose generator is a diffusers pipeline folder."""
+
+    prompts: list[str] = field(default_factory=list)  # the conditions (a prompt plays the role of a class)
+    prompts_file: str = ""  # or a text file, one prompt per line (blank lines and '#' comments skipped)
+    negative_prompt: str = ""  # the unconditional prompt of classifier-free guidance (SD3)
+    resolution: int = 1024  # square image size in pixels (latents: resolution / the VAE's scale factor)
+    dtype: str = "auto"  # bfloat16 | float16 | float32 | auto (bfloat16 on CUDA, float32 on CPU)
+    device: str = "auto"  # cuda | cuda:N | cpu | auto (cuda when available)
+    max_sequence_length: int = 0  # T5 tokens per prompt (0 = the pipeline's default: 512 FLUX, 256 SD3)
+
+    def __post_init__(self):
+        if self.prompts and self.prompts_file:
+            raise ValueError("both prompts and prompts_file are set; expected one of them")
+        if self.resolution < 1:
+            raise ValueError(f"resolution={self.resolution}: expected pixels, e.g. 1024")
+        if self.dtype not in (*DTYPES, "auto"):
+            raise ValueError(f"dtype={self.dtype!r}: expected one of {[*DTYPES, 'auto']}")
+        if self.max_sequence_length < 0:
+            raise ValueError(f"max_sequence_length={self.max_sequence_length}: expected >= 0")
+
+    def read_prompts(self) -> list[str]:
+        """The prompts, from the list or the file (relative paths: to the current directory)."""
+        where = "generator_options.prompts"
+        prompts = [str(p).strip() for p in self.prompts]
+        if self.prompts_file:
+            where = f"generator_options.prompts_file: {self.prompts_file}"
+            if not os.path.isfile(self.prompts_file):
+                raise HastenError(f"{where}: file not found (relative paths are read from the current "
+                                  f"directory, {os.getcwd()})")
+            with open(self.prompts_file, encoding="utf-8") as f:
+                prompts = [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
+        if not prompts or any(not p for p in prompts):
+            raise HastenError(f"{where}: no prompts (or an empty one); a pipeline generator needs the prompts it "
+                              "is trained on, e.g. generator_options: {prompts: [\"a red fox in the snow\"]} "
+                              "or {prompts_file: prompts.txt}")
+        seen: dict[str, int] = {}
+        for i, p in enumerate(prompts):
+            if p in seen:
+                raise HastenError(f"{where}: prompt {p!r} appears twice (entries {seen[p]} and {i}); "
+                                  "each prompt is one condition")
+            seen[p] = i
+        return prompts
+
+    def torch_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            device = torch.device(self.device)
+        except RuntimeError as e:
+            raise HastenError(f"generator_options.device={self.device!r}: expected cuda, cuda:N, cpu or auto") from e
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise HastenError(f"generator_options.device={self.device!r}: CUDA is not available here (torch "
+                              f"{torch.__version__}, {'a CPU-only build' if torch.version.cuda is None else 'no GPU'}"
+                              "); install a CUDA build of torch on a GPU machine, or set "
+                              "generator_options.device=cpu for a small model")
+        if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+            raise HastenError(f"generator_options.device={self.device!r}: only {torch.cuda.device_count()} "
+                              "GPU(s) here")
+        return device
+
+    def torch_dtype(self, device: torch.device) -> torch.dtype:
+        if self.dtype == "auto":
+            return torch.bfloat16 if device.type == "cuda" else torch.float32
+        return DTYPES[self.dtype]
+
+
+class PromptTable(nn.Module):
+    """Prompt index -> (encoder_hidden_states (B, T, D), pooled_projections (B, P)), precomputed.
+
+    The conditioning module of a pipeline generator, with :class:`~hasten.generators.flux_pixel.ClassEncoder`'s
+    interface: ``null_class`` (= the number of prompts) is the negative prompt, and ``config`` has
+    the shape fields the cost tracer reads.
+
+    Example:
+        >>> table = PromptTable(torch.zeros(3, 5, 8), torch.zeros(3, 4))
+        >>> tokens, pooled = table(torch.tensor([0, table.null_class]))
+        >>> tuple(tokens.shape), tuple(pooled.shape), table.config.num_tokens
+        ((2, 5, 8), (2, 4), 5)
+    """
+
+    def __init__(self, tokens: torch.Tensor, pooled: torch.Tensor):
+        super().__init__()
+        if tokens.shape[0] != pooled.shape[0] or tokens.shape[0] < 2:
+            raise HastenError(f"PromptTable: {tokens.shape[0]} token rows and {pooled.shape[0]} pooled rows; "
+                              "expected one row per prompt plus the negative prompt")
+        self.register_buffer("tokens", tokens.detach().clone())  # (P + 1, T, D)
+        self.register_buffer("pooled", pooled.detach().clone())  # (P + 1, Pd)
+        from types import SimpleNamespace
+
+        self.config = SimpleNamespace(num_classes=tokens.shape[0] - 1, num_tokens=tokens.shape[1],
+                                      token_dim=tokens.shape[2], pooled_dim=pooled.shape[1])
+
+    @property
+    def null_class(self) -> int:
+        return self.config.num_classes
+
+    def forward(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.tokens[labels], self.pooled[labels]
+
+
+class PipelineGenerator(DiTGenerator):
+    """A :class:`DiTGenerator` over a diffusers pipeline's transformer, schedule and encoded prompts.
+
+    Attributes (besides :class:`DiTGenerator`'s): ``pipeline_class`` (``"FluxPipeline"`` ...),
+    ``resolution`` (pixels), ``vae_scale_factor``, ``vae_config``; ``image_size`` and ``channels`` are
+    the latent's.
+    """
+
+    def __init__(self, transformer, prompt_table: PromptTable, scheduler_config: dict, meta: dict, path: str,
+                 vae_config: dict):
+        super().__init__(transformer, prompt_table, scheduler_config, meta, path=path)
+        self.pipeline_class: str = meta["pipeline"]
+        self.resolution: int = int(meta["resolution"])
+        self.vae_scale_factor: int = int(meta["vae_scale_factor"])
+        self.vae_config = dict(vae_config)
+        self._vae = None
+
+    def class_index(self, condition: str | int) -> int:
+        """A prompt (exactly as in the options) or its index -> index; errors show a few prompts."""
+        if isinstance(condition, (int, np.integer)) or str(condition).strip().isdigit():
+            index = int(str(condition).strip())
+            if 0 <= index < self.num_classes:
+                return index
+        elif str(condition).strip() in self.class_names:
+            return self.class_names.index(str(condition).strip())
+        shown = "; ".join(repr(p) for p in self.class_names[:3]) + ("; ..." if self.num_classes > 3 else "")
+        raise HastenError(f"unknown prompt {condition!r}: expected an index 0..{self.num_classes - 1} or one of the "
+                          f"generator's prompts ({shown})")
+
+    def image_seq_len(self) -> int:
+        """Image tokens of one latent, as the pipeline counts them for its schedule shift."""
+        return self.family.image_tokens(self.transformer, self.image_size, self.image_size)
+
+    def make_scheduler(self, num_steps: int):
+        """The scheduler exactly as the pipeline's ``__call__`` sets it up for this resolution."""
+        from diffusers import FlowMatchEulerDiscreteScheduler
+        from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+        scheduler = FlowMatchEulerDiscreteScheduler.from_config(self.scheduler_config)
+        cfg = scheduler.config
+        if self.pipeline_class == "FluxPipeline":  # FluxPipeline.__call__, step 5
+            sigmas = None if cfg.get("use_flow_sigmas", False) else np.linspace(1.0, 1 / num_steps, num_steps)
+            mu = calculate_shift(self.image_seq_len(), cfg.get("base_image_seq_len", 256),
+                                 cfg.get("max_image_seq_len", 4096), cfg.get("base_shift", 0.5),
+                                 cfg.get("max_shift", 1.15))
+            if sigmas is None:
+                scheduler.set_timesteps(num_steps, mu=mu)
+            else:
+                scheduler.set_timesteps(sigmas=sigmas, mu=mu)
+        else:  # StableDiffusion3Pipeline.__call__, step 5 (its max_shift default is 1.16)
+            kwargs = {}
+            if cfg.get("use_dynamic_shifting", False):
+                kwargs["mu"] = calculate_shift(self.image_seq_len(), cfg.get("base_image_seq_len", 256),
+                                               cfg.get("max_image_seq_len", 4096), cfg.get("base_shift", 0.5),
+                                               cfg.get("max_shift", 1.16))
+            scheduler.set_timesteps(num_steps, **kwargs)
+        return scheduler
+
+    # ----------------------------------------------------------------------------- pixels
+    def vae(self):
+        """The pipeline's VAE, loaded on first use (only previews need it)."""
+        if self._vae is None:
+            from diffusers import AutoencoderKL
+
+            self._vae = AutoencoderKL.from_pretrained(self.path, subfolder="vae", **_dtype_kwarg(self.dtype))
+            self._vae.to(self.device).eval().requires_grad_(False)
+        return self._vae
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """(N, C, h, w) latents -> (N, 3, H, W) float32 images in [-1, 1] on the CPU, one at a time
+        (``latents / scaling_factor + shift_factor`` then the VAE decoder, as both pipelines do)."""
+        vae = self.vae()
+        scale, shift = vae.config.scaling_factor, vae.config.shift_factor or 0.0
+        rows = [vae.decode((z[None].to(self.device, self.dtype) / scale) + shift, return_dict=False)[0]
+                for z in latents]
+        return torch.cat(rows).float().cpu().clamp(-1, 1) if rows else torch.empty(0, 3, 0, 0)
+
+    def preview(self, images: torch.Tensor, max_size: int = 256) -> torch.Tensor:
+        """Decoded RGB in [-1, 1] of latent samples, at most ``max_size`` pixels a side (sample grids)."""
+        rgb = self.decode(images)
+        if rgb.shape[-1] > max_size:
+            rgb = torch.nn.functional.interpolate(rgb, size=(max_size, max_size), mode="area")
+        return rgb
+
+
+# ----------------------------------------------------------------------------- loading
+def _dtype_kwarg(dtype: torch.dtype) -> dict:
+    """``from_pretrained``'s dtype argument: ``dtype`` where diffusers deprecated ``torch_dtype``."""
+    from diffusers.utils import deprecation_utils
+
+    renamed = hasattr(deprecation_utils, "_TORCH_DTYPE_DEPRECATION_MESSAGE")
+    return {"dtype": dtype} if renamed else {"torch_dtype": dtype}
+
+
+def is_pipeline_folder(path: str) -> bool:
+    return os.path.isdir(path) and os.path.isfile(os.path.join(path, MODEL_INDEX))
+
+
+def _pipeline_class(path: str) -> str:
+    from hasten.io import read_json
+
+    index = read_json(os.path.join(path, MODEL_INDEX))
+    name = index.get("_class_name")
+    if name not in PIPELINES:
+        raise HastenError(f"{os.path.join(path, MODEL_INDEX)}: pipeline class {name!r} is not supported; "
+                          f"expected one of {sorted(PIPELINES)}")
+    for part in ("transformer", "scheduler", "vae"):
+        if not os.path.isdir(os.path.join(path, part)):
+            raise HastenError(f"{path}: the {name} has no {part}/ folder; expected a complete pipeline "
+                              "(pipe.save_pretrained or huggingface-cli download)")
+    return name
+
+
+@torch.no_grad()
+def _encode_prompts(path: str, pipeline_class: str, prompts: list[str], negative: str, max_sequence_length: int,
+                    device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run the pipeline's own ``encode_prompt`` over ``prompts + [negative]``; only the text encoders are
+    loaded (and freed on return)."""
+    import diffusers
+
+    cls = getattr(diffusers, pipeline_class)
+    try:
+        pipe = cls.from_pretrained(path, transformer=None, vae=None, **_dtype_kwarg(dtype))
+    except (OSError, ValueError, RuntimeError, TypeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise HastenError(f"{path}: cannot load the {pipeline_class}'s text encoders ({first})") from e
+    pipe.to(device)
+    length = {} if max_sequence_length == 0 else {"max_sequence_length": max_sequence_length}
+    tokens, pooled = [], []
+    texts = prompts + [negative]
+    for i in range(0, len(texts), ENCODE_BATCH):
+        batch = texts[i:i + ENCODE_BATCH]
+        if pipeline_class == "FluxPipeline":
+            t, p, _ = pipe.encode_prompt(prompt=batch, prompt_2=None, device=device, **length)
+        else:  # the negative prompt is encoded exactly as a positive one (same helpers, same lengths)
+            t, _, p, _ = pipe.encode_prompt(prompt=batch, prompt_2=None, prompt_3=None, device=device,
+                                            do_classifier_free_guidance=False, **length)
+        tokens.append(t.to(dtype))
+        pooled.append(p.to(dtype))
+    del pipe
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return torch.cat(tokens), torch.cat(pooled)
+
+
+def load_pipeline_generator(path: str, **options) -> PipelineGenerator:
+    """Load a diffusers pipeline folder as a hasten generator.
+
+    Args:
+        path: a folder with ``model_index.json`` of a ``FluxPipeline`` or ``StableDiffusion3Pipeline``.
+        **options: the fields of :class:`PipelineOptions` (prompts or prompts_file, resolution,
+            dtype, device, negative_prompt, max_sequence_length).
+
+    Returns:
+        A :class:`PipelineGenerator` on ``device``; its conditions are the prompts.
+
+    Raises:
+        HastenError: no ``model_index.json``, an unsupported pipeline class, no prompts, CUDA asked for
+            where there is none, a resolution the latent grid does not divide.
+    """
+    import diffusers
+
+    from hasten.config import from_dict
+    from hasten.generators.families import FAMILIES
+    from hasten.io import read_json
+
+    if not os.path.isdir(path):
+        raise HastenError(f"{path}: generator not found; expected a diffusers pipeline folder (with {MODEL_INDEX})")
+    if not os.path.isfile(os.path.join(path, MODEL_INDEX)):
+        raise HastenError(f"{path}: not a diffusers pipeline folder ({MODEL_INDEX} missing)")
+    opts = from_dict(PipelineOptions, options, source="generator_options")
+    pipeline_class = _pipeline_class(path)
+    prompts = opts.read_prompts()
+    device = opts.torch_device()
+    dtype = opts.torch_dtype(device)
+    family = FAMILIES[PIPELINES[pipeline_class]]
+    transformer_config = read_json(os.path.join(path, "transformer", "config.json"))
+    vae_config = read_json(os.path.join(path, "vae", "config.json"))
+    vae_scale_factor = 2 ** (len(vae_config.get("block_out_channels", [0] * 4)) - 1)
+    patch = 2 if family.name == "flux" else int(transformer_config.get("patch_size", 2))
+    if opts.resolution % (vae_scale_factor * patch):
+        raise HastenError(f"generator_options.resolution={opts.resolution}: the {pipeline_class} needs a multiple "
+                          f"of {vae_scale_factor * patch} (VAE scale {vae_scale_factor} x patch {patch})")
+    latent_size = opts.resolution // vae_scale_factor
+    if family.name == "sd3":
+        limit = transformer_config.get("pos_embed_max_size")
+        if limit and latent_size // patch > limit:
+            raise HastenError(f"generator_options.resolution={opts.resolution}: above the transformer's position "
+                              f"grid ({limit} patches = {limit * patch * vae_scale_factor} pixels)")
+    tokens, pooled = _encode_prompts(path, pipeline_class, prompts, opts.negative_prompt, opts.max_sequence_length,
+                                     device, dtype)
+    transformer_cls = getattr(diffusers, family.transformer_class)
+    try:
+        transformer = transformer_cls.from_pretrained(path, subfolder="transformer", **_dtype_kwarg(dtype))
+    except (OSError, ValueError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise HastenError(f"{os.path.join(path, 'transformer')}: cannot load the {transformer_cls.__name__} "
+                          f"({first})") from e
+    transformer.to(device)
+    channels = transformer.config.in_channels // (4 if family.name == "flux" else 1)
+    guidance_embeds = bool(getattr(transformer.config, "guidance_embeds", False))
+    default_guidance = (3.5 if guidance_embeds else 1.0) if family.name == "flux" else 7.0
+    meta = {"family": family.name, "class_names": prompts, "image_size": latent_size, "channels": channels,
+            "num_steps": 28, "guidance_scale": default_guidance, "latent_space": True,
+            "pipeline": pipeline_class, "resolution": opts.resolution, "vae_scale_factor": vae_scale_factor,
+            "negative_prompt": opts.negative_prompt}
+    scheduler_config = read_json(os.path.join(path, "scheduler", "scheduler_config.json"))
+    generator = PipelineGenerator(transformer, PromptTable(tokens, pooled).to(device), scheduler_config, meta,
+                                  path=path, vae_config=vae_config)
+    logger.info("loaded %s %s: %d prompts, %dx%d px -> %d latent channels of %dx%d, %s on %s", pipeline_class,
+                path, len(prompts), opts.resolution, opts.resolution, channels, latent_size, latent_size,
+                str(dtype).replace("torch.", ""), device)
+    return generator

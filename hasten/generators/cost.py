@@ -178,6 +178,10 @@ def measure_time_fractions(generator, rows: int = 1, repeats: int = 7) -> list[l
 
     import numpy as np
 
+    def sync():  # GPU kernels run asynchronously: time them to completion
+        if generator.device.type == "cuda":
+            torch.cuda.synchronize(generator.device)
+
     rollout = generator.start([0] * rows, list(range(rows)))
     generator.step(rollout, np.zeros((rows, 3), dtype=np.int64))  # the first call fills the cache
     levels = [(c, s) for c in range(3) for s in range(3)]
@@ -185,8 +189,10 @@ def measure_time_fractions(generator, rows: int = 1, repeats: int = 7) -> list[l
     for repeat in range(repeats + 1):  # the first round warms up
         for c, s in levels:
             rollout.index[:] = 1
+            sync()
             start = time.perf_counter()
             generator.step(rollout, np.tile(np.array([0, c, s]), (rows, 1)))
+            sync()
             if repeat:
                 times[(c, s)].append(time.perf_counter() - start)
     full = statistics.median(times[(0, 0)])

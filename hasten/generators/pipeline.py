@@ -178,12 +178,11 @@ class PipelineGenerator(DiTGenerator):
 
     def class_index(self, condition: str | int) -> int:
         """A prompt (exactly as in the options) or its index -> index; errors show a few prompts."""
-        if isinstance(condition, (int, np.integer)) or str(condition).strip().isdigit():
-            index = int(str(condition).strip())
-            if 0 <= index < self.num_classes:
-                return index
-        elif str(condition).strip() in self.class_names:
-            return self.class_names.index(str(condition).strip())
+        text = str(condition).strip()
+        if not isinstance(condition, (int, np.integer)) and text in self.class_names:
+            return self.class_names.index(text)  # a prompt first: "1984" may be a prompt
+        if text.isdigit() and 0 <= int(text) < self.num_classes:
+            return int(text)
         shown = "; ".join(repr(p) for p in self.class_names[:3]) + ("; ..." if self.num_classes > 3 else "")
         raise HastenError(f"unknown prompt {condition!r}: expected an index 0..{self.num_classes - 1} or one of the "
                           f"generator's prompts ({shown})")

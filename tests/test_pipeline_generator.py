@@ -182,12 +182,6 @@ def test_a_discriminator_for_pixels_on_latents_says_which_channels():
         disc(inputs)
 
 
-def test_pipeline_generators_stay_in_process():
-    with pytest.raises(HastenError, match="generator_options with rollouts.backend=ray"):
-        load_experiment(None, ["generator=models/FLUX.1-dev", "generator_options.prompts=[a cat]",
-                               "rollouts.backend=ray"])
-
-
 # ------------------------------------------------------------------------------ the experiment files
 @pytest.mark.parametrize("name,case,guidance", [("flux_dev", "flux-dev", 3.5), ("sd3_medium", "sd3", 7.0)])
 def test_real_checkpoint_experiment_files_load_and_run_on_a_tiny_pipeline(pipelines, tmp_path, monkeypatch, name,

@@ -112,6 +112,25 @@ def test_a_worker_killed_mid_iteration_changes_nothing(ray_cluster, inprocess_ru
         _assert_same_trajectories(expected, got)
 
 
+def test_a_pipeline_generator_runs_on_ray_workers(ray_cluster, tmp_path, monkeypatch):
+    """A diffusers pipeline folder with generator_options (a relative prompts file) on 2 actors."""
+    from tiny_pipelines import SIZE, make_tiny_pipeline
+
+    make_tiny_pipeline("sd3", guidance_embeds=False, seed=0).save_pretrained(str(tmp_path / "sd3"))
+    monkeypatch.chdir(tmp_path)  # the prompts file is relative to here; actors get it made absolute
+    (tmp_path / "prompts.txt").write_text("a red fox\na blue cube\n")
+    overrides = ["generator=sd3", "generator_options.prompts_file=prompts.txt", f"generator_options.resolution={SIZE}",
+                 "generator_options.dtype=float32", "generator_options.device=cpu",
+                 "generator_options.max_sequence_length=24", "num_steps=6", "grpo.iterations=1",
+                 "grpo.groups_per_iteration=2", "grpo.group_size=2", "train_pairs=2",
+                 "rewards.discriminator.channels=4", "logging.progress=false", "rollouts.threads=1"]
+    _, expected, _ = _train(load_experiment(None, overrides), str(tmp_path / "inprocess"))
+    _, got, metrics = _train(load_experiment(None, [*overrides, "rollouts.backend=ray", "rollouts.num_workers=2"]),
+                             str(tmp_path / "ray"))
+    _assert_same_trajectories(expected[0], got[0])
+    assert metrics[0]["perf/workers"] == 2
+
+
 def test_concatenated_shards_equal_the_whole_batch(tiny_generator):
     from hasten.envs.denoising import DenoisingVectorEnv
     from hasten.policies import Policy, PolicyConfig

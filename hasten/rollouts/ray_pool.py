@@ -25,7 +25,7 @@ import os
 import socket
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -51,6 +51,7 @@ class RolloutSpec:
     time_table: dict | None
     policy: dict
     threads: int = 1
+    generator_options: dict = field(default_factory=dict)  # a pipeline folder's prompts, resolution, dtype, device
 
 
 class RolloutWorker:
@@ -71,8 +72,8 @@ class RolloutWorker:
         self.spec = RolloutSpec(**spec)
         if self.spec.threads:
             torch.set_num_threads(self.spec.threads)
-        self.generator = load_generator(self.spec.generator)
-        if device != "cpu":
+        self.generator = load_generator(self.spec.generator, **self.spec.generator_options)
+        if device != "cpu" and self.generator.device.type == "cpu":
             self.generator.transformer.to(device)
             self.generator.class_encoder.to(device)
         self.reward = build_reward(self.spec.rewards)

@@ -140,7 +140,8 @@ class GRPOTrainer:
                                       rewards=self.reward, references=references, cost_unit=config.cost_unit,
                                       time_table=policy_config.time_table or None)
         if config.rollouts.backend == "ray":
-            spec = RolloutSpec(generator=config.generator, num_steps=self.num_steps, guidance=self.guidance,
+            spec = RolloutSpec(generator=_local_path(config.generator), num_steps=self.num_steps,
+                               generator_options=_worker_options(config.generator_options), guidance=self.guidance,
                                budget=config.budget, rewards=config.rewards, cost_unit=config.cost_unit,
                                time_table=policy_config.time_table or None, policy=to_dict(policy_config),
                                threads=config.rollouts.threads)
@@ -353,6 +354,19 @@ class GRPOTrainer:
             optimizer_from_flat(self.discriminator.optimizer, tensors, state["disc_optim"], "disc_optim")
         torch.set_rng_state(tensors["rng.torch"])
         self.iteration = int(state["iteration"])
+
+
+def _local_path(path: str) -> str:
+    """An existing relative path made absolute (a Ray actor may run in another folder); names pass as they are."""
+    return os.path.abspath(path) if path and os.path.exists(path) else path
+
+
+def _worker_options(options: dict) -> dict:
+    """Generator options for Ray actors, with a relative ``prompts_file`` made absolute."""
+    options = dict(options)
+    if options.get("prompts_file"):
+        options["prompts_file"] = _local_path(options["prompts_file"])
+    return options
 
 
 def decision_frequencies(decisions: np.ndarray) -> dict:

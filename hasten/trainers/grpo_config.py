@@ -143,8 +143,5 @@ class ExperimentConfig:
         if self.train_pairs < self.grpo.groups_per_iteration:
             raise ValueError(f"train_pairs={self.train_pairs} < grpo.groups_per_iteration="
                              f"{self.grpo.groups_per_iteration}: expected at least one pair per group")
-        if self.generator_options and self.rollouts.backend == "ray":
-            raise ValueError("generator_options with rollouts.backend=ray: Ray actors load their generator by name "
-                             "only in this version; use rollouts.backend: inprocess for a pipeline generator")
         if not isinstance(self.rewards, dict) or not self.rewards:
             raise ValueError("rewards: expected a mapping of reward terms, e.g. {fidelity: {weight: 1.0}}")

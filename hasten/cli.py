@@ -258,6 +258,45 @@ def cmd_policy_eval(args) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- compare
+def cmd_compare(args) -> int:
+    from hasten.compare import compare, parse_budgets
+    from hasten.compare_report import benchmarks_section, markdown, pareto_plot, write_benchmarks_section
+
+    _set_threads(args.threads)
+
+    def ints(text, option):
+        try:
+            values = tuple(int(v) for v in text.split(",") if v.strip())
+        except ValueError:
+            values = ()
+        if not values or min(values) < 1:
+            raise HastenError(f"{option} {text!r}: expected comma-separated integers >= 1, e.g. 14,10,7,5")
+        return values
+
+    budgets = parse_budgets(args.budgets)  # checked before anything loads
+    uniform = ints(args.uniform_steps, "--uniform-steps") if args.uniform_steps else None
+    batches = ints(args.timing_batches, "--timing-batches")
+    if args.policy and not os.path.isdir(args.policy):
+        raise HastenError(f"--policy {args.policy}: policy folder not found (expected runs/NAME/policy)")
+    result = compare(args.generator, args.policy, classifier=args.classifier, budgets=budgets, n=args.n,
+                     seed=args.seed, methods=args.methods, uniform_steps=uniform,
+                     timing_samples=args.timing_samples, timing_repeats=args.timing_repeats,
+                     timing_batches=batches, batch_size=args.batch_size, peer_batch_size=args.peer_batch_size,
+                     progress=not args.quiet)
+    result["policy"] = os.path.abspath(args.policy) if args.policy else None
+    result["command"] = "hasten " + " ".join(sys.argv[1:]) if sys.argv else ""
+    table = markdown(result)
+    _report(table, result, args)
+    if args.plot:
+        print(f"wrote {pareto_plot(result, args.plot)}")
+    if args.benchmarks_md:
+        plot = os.path.relpath(args.plot, os.path.dirname(os.path.abspath(args.benchmarks_md))) if args.plot else None
+        write_benchmarks_section(args.benchmarks_md, benchmarks_section(result, table, plot))
+        print(f"wrote the compare section of {args.benchmarks_md}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- knobs
 def cmd_knobs_bench(args) -> int:
     from hasten.generators.bench import bench_knobs, markdown, parse_models
@@ -483,6 +522,52 @@ def build_parser() -> argparse.ArgumentParser:
     pe.add_argument("--timing-repeats", type=_positive_int, default=5, help="interleaved timing repeats")
     _add_report_options(pe)
     pe.set_defaults(func=cmd_policy_eval)
+
+    # compare
+    cp = sub.add_parser(
+        "compare", help="the learned policy vs the training-free accelerators (JSON, table, Pareto PNG)",
+        description="On N held-out (class, noise) pairs of one generator, in one process: full compute, "
+                    "uniform step reduction, static sparse attention, diffusers' caches (FirstBlockCache, "
+                    "TaylorSeer, TaylorSeer lite, MagCache calibrated on the model, Pyramid Attention "
+                    "Broadcast, FasterCache, SeaCache) and cache-dit's DBCache (with and without its "
+                    "TaylorSeer calibrator), each at several settings and run through its own library on the "
+                    "same transformer; a random policy at the learned policy's FLOPs; and the learned policy at "
+                    "each budget. Per method and setting: FLOPs speedup (counted as executed), wall-clock "
+                    "speedup at batch 1 and batch 16 (median of interleaved repeats), PSNR and SSIM to full "
+                    "compute, class accuracy and Frechet distance by the evaluation classifier.",
+        epilog="Example: hasten compare --policy runs/budgets/policy --budgets 0.5,0.35,0.25 --n 64 "
+               "--json compare.json --markdown compare.md --plot pareto.png. Methods for --methods: full, "
+               "uniform, sparse, firstblockcache, taylorseer, taylorseer-lite, magcache, "
+               "pyramidattentionbroadcast, fastercache, seacache, dbcache, dbcache+taylorseer, random, policy "
+               "(full compute always runs: it is the reference).")
+    cp.add_argument("--generator", default=DEFAULT_GENERATOR, help="embedded:NAME or a generator folder "
+                                                                   "(default: %(default)s)")
+    cp.add_argument("--policy", help="learned policy folder, e.g. runs/budgets/policy (without it: no policy "
+                                     "and no random policy)")
+    cp.add_argument("--budgets", default="0.5,0.35,0.25",
+                    help="comma-separated budgets of the learned policy, FLOPs fractions in (0, 1] "
+                         "(default: %(default)s)")
+    cp.add_argument("--n", type=_positive_int, default=256, help="held-out pairs (default: %(default)s)")
+    cp.add_argument("--seed", type=int, default=1_000_000, help="first held-out noise seed (default: %(default)s)")
+    cp.add_argument("--methods", help="comma-separated subset of the methods (default: all; see below)")
+    cp.add_argument("--uniform-steps", help="step counts of uniform step reduction (default: 14,10,7,5, those "
+                                            "below the schedule's length)")
+    cp.add_argument("--classifier", help="evaluation classifier folder (default: the generator's own)")
+    cp.add_argument("--timing-samples", type=_positive_int, default=2, help="samples timed at batch 1 "
+                                                                            "(default: %(default)s)")
+    cp.add_argument("--timing-repeats", type=_positive_int, default=3,
+                    help="interleaved timing repeats, median reported (default: %(default)s)")
+    cp.add_argument("--timing-batches", default="1,16", help="batch sizes timed (default: %(default)s)")
+    cp.add_argument("--batch-size", type=_positive_int, default=64,
+                    help="rows per call of hasten's own methods in the quality pass (default: %(default)s)")
+    cp.add_argument("--peer-batch-size", type=_positive_int, default=1,
+                    help="images per sampling run of the library caches in the quality pass; they decide once "
+                         "per batch (default: %(default)s, one decision stream per image)")
+    cp.add_argument("--plot", metavar="PATH.png", help="write the Pareto plot (speedup vs PSNR, one curve per method)")
+    cp.add_argument("--benchmarks-md", metavar="PATH",
+                    help="(re)write the '## hasten compare' section of this markdown file (e.g. BENCHMARKS.md)")
+    _add_report_options(cp)
+    cp.set_defaults(func=cmd_compare)
     return parser
 
 

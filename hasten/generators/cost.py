@@ -166,6 +166,51 @@ class _FlopCounter(TorchFunctionMode):
         return out
 
 
+class ExecutedFlops(TorchFunctionMode):
+    """Counts the FLOPs that really execute inside ``with counter:`` (linear, conv, attention, matmul).
+
+    Method-agnostic: whatever hooks a cache library puts on the model (block skips, attention
+    reuse, forecasts), only the layers that actually run are counted, so a training-free
+    accelerator and a hasten policy are costed the same way. Elementwise work (norms,
+    activations, a forecast's polynomial) is not counted, for every method alike. Conventions
+    are :class:`StepCost`'s: a linear layer 2 * rows * in * out, attention 4 * heads * queries *
+    keys * head_dim (QK^T and AV), so a full call counts ``StepCost.full()`` per row.
+
+    Example:
+        >>> import torch
+        >>> with ExecutedFlops() as counter:
+        ...     _ = torch.nn.functional.linear(torch.zeros(3, 4), torch.zeros(5, 4))
+        >>> counter.flops
+        120.0
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.flops = 0.0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if func is F.linear:
+            x = args[0] if args else kwargs["input"]
+            w = args[1] if len(args) > 1 else kwargs["weight"]
+            self.flops += 2.0 * (x.numel() // w.shape[1]) * w.shape[0] * w.shape[1]
+        elif func is F.conv2d:
+            w = args[1] if len(args) > 1 else kwargs["weight"]
+            self.flops += 2.0 * out.numel() * math.prod(w.shape[1:])
+        elif func is F.scaled_dot_product_attention:
+            call = sdpa_arguments(args, kwargs)
+            q, k = call["query"], call["key"]
+            self.flops += 4.0 * math.prod(q.shape[:-1]) * k.shape[-2] * q.shape[-1]
+        elif func in _MATMULS and isinstance(out, torch.Tensor) and len(args) >= 2:
+            a = args[0]
+            self.flops += 2.0 * out.numel() * (a.shape[-1] if a.dim() else 1)
+        return out
+
+
+_MATMULS = (torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.bmm, torch.mm)
+
+
 def measure_time_fractions(generator, rows: int = 1, repeats: int = 7) -> list[list[float]]:
     """Measured time of one knob-driven model call, by (cache-reuse level, sparse-attention level),
     relative to a full call, with ``rows`` samples per call (median of interleaved repeats).

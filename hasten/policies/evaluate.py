@@ -28,7 +28,16 @@ from hasten.metrics import psnr, ssim
 HELD_OUT_SEED = 1_000_000
 
 
-def _quality(images, full, labels, classifier, real_feats) -> dict:
+def real_features(classifier, seed: int, n: int):
+    """(n, D) float64 features of ``n`` fresh real images (seeded), the Frechet distance's reference."""
+    real_images, _ = shapes_data.make_batch(seed + 10_000_019, n)
+    _, feats = classify(classifier, torch.from_numpy(real_images))
+    return feats.double().numpy()
+
+
+def quality_metrics(images, full, labels, classifier, real_feats) -> dict:
+    """PSNR / SSIM of ``images`` to the full-compute ``full`` of the same pairs, and class accuracy and
+    Frechet distance (to ``real_feats``) by the evaluation classifier."""
     preds, feats = classify(classifier, images)
     values = psnr(images, full).clamp(max=100)
     return {"psnr_db": float(values.mean()), "psnr_db_median": float(values.median()),
@@ -37,16 +46,29 @@ def _quality(images, full, labels, classifier, real_feats) -> dict:
             "frechet_distance": frechet_distance(feats.double().numpy(), real_feats)}
 
 
-def _batch1_seconds(generator, runs: dict, conditions, seeds, repeats: int) -> dict:
-    """Median seconds per sample at batch 1 for each named run, repeats interleaved across runs."""
+def interleaved_medians(runs: dict, repeats: int, progress=None) -> dict:
+    """Median over ``repeats`` of each named ``run() -> seconds``, the runs interleaved round-robin
+    (repeat 1 of every run, then repeat 2, ...), so that machine noise hits every run alike."""
     times = {name: [] for name in runs}
     for _ in range(repeats):
-        for name, kwargs in runs.items():
+        for name, run in runs.items():
+            times[name].append(run())
+            if progress is not None:
+                progress.update(1)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def _batch1_seconds(generator, runs: dict, conditions, seeds, repeats: int) -> dict:
+    """Median seconds per sample at batch 1 for each named run, repeats interleaved across runs."""
+    def timed(kwargs):
+        def run():
             start = time.perf_counter()
             for c, s in zip(conditions, seeds):
                 generator.sample([c], [s], batch_size=1, **kwargs)
-            times[name].append((time.perf_counter() - start) / len(seeds))
-    return {name: statistics.median(values) for name, values in times.items()}
+            return (time.perf_counter() - start) / len(seeds)
+        return run
+
+    return interleaved_medians({name: timed(kwargs) for name, kwargs in runs.items()}, repeats)
 
 
 def evaluate_policy(generator, policy, classifier, n: int = 256, budget: float | None = None,
@@ -58,9 +80,7 @@ def evaluate_policy(generator, policy, classifier, n: int = 256, budget: float |
     steps = policy.config.num_steps or generator.default_steps
     labels = [i % generator.num_classes for i in range(n)]
     seeds = [seed + i for i in range(n)]
-    real_images, _ = shapes_data.make_batch(seed + 10_000_019, n)
-    _, real_feats = classify(classifier, torch.from_numpy(real_images))
-    real_feats = real_feats.double().numpy()
+    real_feats = real_features(classifier, seed, n)
 
     full, _ = generator.sample(labels, seeds, num_steps=steps, batch_size=batch_size, progress=progress)
     decide = policy.decide(budget, greedy=greedy)
@@ -68,11 +88,11 @@ def evaluate_policy(generator, policy, classifier, n: int = 256, budget: float |
                                    progress=progress)
     flops = float(stats["flops_fraction"].mean())
     methods = [{"method": "full compute", "num_steps": steps, "flops_fraction": 1.0,
-                **_quality(full, full, labels, classifier, real_feats)},
+                **quality_metrics(full, full, labels, classifier, real_feats)},
                {"method": "policy", "budget": budget, "greedy": greedy, "flops_fraction": flops,
                 "flops_fraction_max": float(stats["flops_fraction"].max()),
                 "model_calls_mean": float(stats["model_calls"].mean()),
-                **_quality(fast, full, labels, classifier, real_feats)}]
+                **quality_metrics(fast, full, labels, classifier, real_feats)}]
     uniform_steps = {max(1, math.floor(flops * steps)), max(1, math.ceil(flops * steps))}
     time_est = None
     if policy.config.cost_unit == "time":  # also the step counts around its (estimated) time; one more
@@ -83,10 +103,10 @@ def evaluate_policy(generator, policy, classifier, n: int = 256, budget: float |
     for k in uniform_steps:
         images, _ = generator.sample(labels, seeds, num_steps=k, batch_size=batch_size, progress=progress)
         methods.append({"method": f"uniform {k} steps", "num_steps": k, "flops_fraction": k / steps,
-                        **_quality(images, full, labels, classifier, real_feats)})
+                        **quality_metrics(images, full, labels, classifier, real_feats)})
     uniform = methods[2:]
     # uniform step reduction interpolated to exactly the policy's FLOPs (PSNR is smooth in steps)
-    matched = _interpolate([m["flops_fraction"] for m in uniform], [m["psnr_db"] for m in uniform], flops)
+    matched = interpolate([m["flops_fraction"] for m in uniform], [m["psnr_db"] for m in uniform], flops)
 
     runs = {"full compute": {"num_steps": steps}, "policy": {"num_steps": steps, "decisions": decide}}
     runs.update({f"uniform {k} steps": {"num_steps": k} for k in uniform_steps})
@@ -98,7 +118,7 @@ def evaluate_policy(generator, policy, classifier, n: int = 256, budget: float |
     policy_row = methods[1]
     policy_row["time_fraction_est"] = time_est
     wall = [1.0 / m["speedup_wall_batch1"] for m in uniform]
-    matched_wall = _interpolate(wall, [m["psnr_db"] for m in uniform], 1.0 / policy_row["speedup_wall_batch1"])
+    matched_wall = interpolate(wall, [m["psnr_db"] for m in uniform], 1.0 / policy_row["speedup_wall_batch1"])
     return {
         "n": n, "num_steps": steps, "guidance": generator.default_guidance, "budget": budget,
         "held_out_seeds": [seed, seed + n - 1],
@@ -114,7 +134,7 @@ def evaluate_policy(generator, policy, classifier, n: int = 256, budget: float |
     }
 
 
-def _interpolate(xs: list[float], ys: list[float], x: float) -> float | None:
+def interpolate(xs: list[float], ys: list[float], x: float) -> float | None:
     """Linear interpolation of ``ys`` over ``xs`` at ``x``; None outside their range (no extrapolation)."""
     order = np.argsort(xs)
     xs, ys = np.asarray(xs)[order], np.asarray(ys)[order]

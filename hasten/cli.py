@@ -274,18 +274,24 @@ def cmd_compare(args) -> int:
             raise HastenError(f"{option} {text!r}: expected comma-separated integers >= 1, e.g. 14,10,7,5")
         return values
 
-    budgets = parse_budgets(args.budgets)  # checked before anything loads
-    uniform = ints(args.uniform_steps, "--uniform-steps") if args.uniform_steps else None
-    batches = ints(args.timing_batches, "--timing-batches")
-    if args.policy and not os.path.isdir(args.policy):
-        raise HastenError(f"--policy {args.policy}: policy folder not found (expected runs/NAME/policy)")
-    result = compare(args.generator, args.policy, classifier=args.classifier, budgets=budgets, n=args.n,
-                     seed=args.seed, methods=args.methods, uniform_steps=uniform,
-                     timing_samples=args.timing_samples, timing_repeats=args.timing_repeats,
-                     timing_batches=batches, batch_size=args.batch_size, peer_batch_size=args.peer_batch_size,
-                     progress=not args.quiet)
-    result["policy"] = os.path.abspath(args.policy) if args.policy else None
-    result["command"] = "hasten " + " ".join(sys.argv[1:]) if sys.argv else ""
+    if args.from_json:  # re-render the reports of an earlier run, nothing is measured
+        from hasten.io import read_json
+
+        result = read_json(args.from_json)
+        args.json = None if os.path.abspath(args.json or "") == os.path.abspath(args.from_json) else args.json
+    else:
+        budgets = parse_budgets(args.budgets)  # checked before anything loads
+        uniform = ints(args.uniform_steps, "--uniform-steps") if args.uniform_steps else None
+        batches = ints(args.timing_batches, "--timing-batches")
+        if args.policy and not os.path.isdir(args.policy):
+            raise HastenError(f"--policy {args.policy}: policy folder not found (expected runs/NAME/policy)")
+        result = compare(args.generator, args.policy, classifier=args.classifier, budgets=budgets, n=args.n,
+                         seed=args.seed, methods=args.methods, uniform_steps=uniform,
+                         timing_samples=args.timing_samples, timing_repeats=args.timing_repeats,
+                         timing_batches=batches, batch_size=args.batch_size, peer_batch_size=args.peer_batch_size,
+                         progress=not args.quiet)
+        result["policy"] = os.path.abspath(args.policy) if args.policy else None
+        result["command"] = "hasten " + " ".join(sys.argv[1:]) if sys.argv else ""
     table = markdown(result)
     _report(table, result, args)
     if args.plot:
@@ -313,25 +319,14 @@ def cmd_rollouts_bench(args) -> int:
     from hasten.rollouts.bench import bench_rollouts, markdown
     from hasten.trainers.grpo import load_experiment
 
-    workers = _int_list(args.workers, "--workers")
-    threads = _int_list(args.inprocess_threads, "--inprocess-threads") if args.inprocess_threads else []
     config = load_experiment(args.experiment, [*(args.set or []), "logging.progress=false"])
     config.rollouts.threads = args.threads or 1
-    result = bench_rollouts(config, workers, iterations=args.iterations, inprocess_threads=threads,
+    result = bench_rollouts(config, list(args.workers), iterations=args.iterations,
+                            inprocess_threads=list(args.inprocess_threads),
                             progress=not args.quiet)
     result["command"] = "hasten " + " ".join(sys.argv[1:]) if sys.argv else ""
     _report(markdown(result), result, args)
     return 0
-
-
-def _int_list(text: str, option: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        values = []
-    if not values or min(values) < 1:
-        raise HastenError(f"{option} {text!r}: expected comma-separated integers >= 1, e.g. 1,2")
-    return values
 
 
 # ----------------------------------------------------------------------------- parser
@@ -484,8 +479,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "(each worker one CPU and --threads torch threads), one after the other in one run. "
                     "Example: hasten rollouts bench experiments/quickstart.yaml --workers 1,2 --json out.json")
     rb.add_argument("experiment", help="experiment file (YAML), e.g. experiments/quickstart.yaml")
-    rb.add_argument("--workers", default="1,2", help="Ray worker counts to measure (default: %(default)s)")
-    rb.add_argument("--inprocess-threads", default="",
+    rb.add_argument("--workers", type=_int_list, default=(1, 2), help="Ray worker counts to measure (default: 1,2)")
+    rb.add_argument("--inprocess-threads", type=_int_list, default=(),
                     help="also measure the in-process pool at these torch thread counts, e.g. 1,2")
     rb.add_argument("--iterations", type=int, default=3, help="timed iterations per pool, after one warm-up "
                                                                   "(default: %(default)s)")
@@ -566,6 +561,9 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--plot", metavar="PATH.png", help="write the Pareto plot (speedup vs PSNR, one curve per method)")
     cp.add_argument("--benchmarks-md", metavar="PATH",
                     help="(re)write the '## hasten compare' section of this markdown file (e.g. BENCHMARKS.md)")
+    cp.add_argument("--from-json", metavar="PATH",
+                    help="measure nothing: re-render --markdown, --plot and --benchmarks-md from the JSON of an "
+                         "earlier run")
     _add_report_options(cp)
     cp.set_defaults(func=cmd_compare)
     return parser

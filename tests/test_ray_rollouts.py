@@ -189,3 +189,22 @@ def test_cli_ray_errors_are_clear_and_write_nothing(changes, fragment, tiny_gene
     assert last.startswith("hasten: error:") and fragment in last, result.stderr
     assert "Traceback" not in result.stderr
     assert not out.exists()
+
+
+def test_rollouts_bench_cli_writes_json_and_table(tiny_generator_dir, tmp_path):
+    import json
+
+    from test_cli import run_cli
+
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(f"generator: {tiny_generator_dir}\ntrain_pairs: 2\ngrpo: {{groups_per_iteration: 2, group_size: 2}}\n")
+    result = run_cli("rollouts", "bench", str(exp), "--workers", "1", "--inprocess-threads", "1", "--iterations", "1",
+                     "--json", str(tmp_path / "bench.json"), "--markdown", str(tmp_path / "bench.md"), "--quiet")
+    assert result.returncode == 0, result.stderr
+    data = json.loads((tmp_path / "bench.json").read_text())
+    assert [(r["backend"], r["workers"]) for r in data["results"]] == [("inprocess", 0), ("ray", 1)]
+    assert all(r["episodes"] == 4 and r["episodes_per_s"] > 0 for r in data["results"])
+    assert data["results"][1]["speedup_vs_1_worker"] == 1.0
+    assert "| ray | 1 | 1 |" in (tmp_path / "bench.md").read_text()
+    bad = run_cli("rollouts", "bench", str(exp), "--workers", "0")
+    assert bad.returncode == 2 and "expected positive integers" in bad.stderr

@@ -23,6 +23,12 @@ def test_fidelity_and_cost_by_hand():
     assert total.tolist() == pytest.approx([4.5 - 0.5, 2.0], abs=1e-5)
     fraction = build_reward({"cost": {"mode": "fraction"}})
     assert fraction(_inputs(img, ref, [0.5, 0.3], [0.4, 0.4]))[0].tolist() == pytest.approx([-0.5, -0.3])
+    # target: the overshoot, plus half the shortfall (0.4 - 0.3) / 0.4 = 0.25 -> -0.125
+    target = build_reward({"cost": {"mode": "target", "undershoot": 0.5}})
+    three = torch.zeros(3, 3, 8, 8)
+    assert target(_inputs(three, three, [0.5, 0.3, 0.4], [0.4, 0.4, 0.4]))[0].tolist() == pytest.approx([-0.25, -0.125, 0])
+    with pytest.raises(HastenError, match="undershoot=-1"):
+        build_reward({"cost": {"mode": "target", "undershoot": -1}})
 
 
 def test_ssim_and_psnr_metrics():

@@ -38,17 +38,26 @@ class Cost:
 
     Args:
         mode: ``"overshoot"`` — ``-max(0, flops - budget) / budget`` (free up to the target budget,
-            then the relative overshoot); ``"fraction"`` — ``-flops`` (every FLOP counts).
+            then the relative overshoot); ``"target"`` — the overshoot plus ``undershoot`` times the
+            relative shortfall, so the budget is a speed to reach, not only a cap (what a
+            budget-conditioned policy needs to be one model for any speed); ``"fraction"`` —
+            ``-flops`` (every FLOP counts).
+        undershoot: weight of the shortfall in ``"target"`` mode.
     """
 
-    def __init__(self, mode: str = "overshoot"):
-        if mode not in ("overshoot", "fraction"):
-            raise HastenError(f"rewards.cost.mode={mode!r}: expected 'overshoot' or 'fraction'")
-        self.mode = mode
+    def __init__(self, mode: str = "overshoot", undershoot: float = 0.5):
+        if mode not in ("overshoot", "target", "fraction"):
+            raise HastenError(f"rewards.cost.mode={mode!r}: expected 'overshoot', 'target' or 'fraction'")
+        if undershoot < 0:
+            raise HastenError(f"rewards.cost.undershoot={undershoot}: expected a number >= 0")
+        self.mode, self.undershoot = mode, float(undershoot)
 
     def __call__(self, inputs: RewardInputs) -> torch.Tensor:
         flops = (inputs.flops_fraction if inputs.cost_fraction is None else inputs.cost_fraction).double()
         if self.mode == "fraction":
             return -flops
         budget = inputs.budget.double()
-        return -(flops - budget).clamp(min=0) / budget
+        penalty = (flops - budget).clamp(min=0)
+        if self.mode == "target":
+            penalty = penalty + self.undershoot * (budget - flops).clamp(min=0)
+        return -penalty / budget

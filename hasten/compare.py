@@ -104,7 +104,17 @@ def _own(generator, family_key, setting, steps, decisions=None, reference_steps=
         # hasten's analytic count (relative to its own schedule length), a cross-check of the counted FLOPs
         return images, {"flops_fraction_analytic": float(stats["flops_fraction"].mean()) * steps / (reference_steps or steps)}
 
-    return Method(OWN_FAMILIES[family_key], setting, "hasten", family_key, sample, options=options)
+    @contextlib.contextmanager
+    def knobs():
+        # the plain sampler runs on the plain transformer; the knob-driven one attaches its hooks
+        # here, outside the timed region (as a server would, once)
+        if decisions is None:
+            generator.detach_knobs()
+        else:
+            generator.attach_knobs()
+        yield
+
+    return Method(OWN_FAMILIES[family_key], setting, "hasten", family_key, sample, context=knobs, options=options)
 
 
 def _peer_method(generator, peer: Peer, steps: int) -> Method:
@@ -424,10 +434,28 @@ def acceptance(result: dict) -> dict:
         best_family = max(at_2x, key=at_2x.get) if at_2x else None
         best_psnr = at_2x.get(best_family)
         policy_speedup = _frontier(curve, best_psnr) if best_psnr is not None else None
+        by_family = {}
+        for r in others:
+            total, beaten = by_family.get(r["family"], (0, 0))
+            by_family[r["family"]] = (total + 1, beaten + (r["method"] not in {f["method"] for f in failures}))
         out[metric] = {
             "dominates_every_point": not failures, "points_checked": len(others), "points_not_dominated": failures,
+            "dominated_by_family": {family: {"points": t, "dominated": d} for family, (t, d) in by_family.items()},
             "psnr_at_2x_by_family": at_2x, "best_peer_at_2x": best_family, "best_peer_psnr_at_2x": best_psnr,
             "policy_speedup_at_that_psnr": policy_speedup,
             "policy_3x_at_best_peer_2x_fidelity": policy_speedup is not None and policy_speedup >= 3.0,
         }
+        # the other view: at each of the policy's speedups, each method's PSNR (its curve interpolated;
+        # methods whose settings do not span that speedup are left out)
+        at_policy = []
+        for r in ours:
+            psnrs = {}
+            for family in dict.fromkeys(o["family"] for o in others):
+                pts = sorted((o[metric], o["psnr_db"]) for o in others if o["family"] == family)
+                value = interpolate([p[0] for p in pts], [p[1] for p in pts], r[metric])
+                if value is not None:
+                    psnrs[family] = value
+            at_policy.append({"method": r["method"], "speedup": r[metric], "psnr_db": r["psnr_db"],
+                              "psnr_of_others_at_that_speedup": psnrs})
+        out[metric]["at_policy_speedups"] = at_policy
     return out

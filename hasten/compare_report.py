@@ -80,7 +80,16 @@ def acceptance_lines(result: dict) -> list[str]:
                       f"{_fmt(check['policy_speedup_at_that_psnr'], '.2f', 'no budget measured')}"
                       f"{'x' if check['policy_speedup_at_that_psnr'] is not None else ''} "
                       f"({'>= 3x: reached' if check['policy_3x_at_best_peer_2x_fidelity'] else 'target 3x: not reached'}).")
-        lines += [f"- {first} {second}"]
+        families = check.get("dominated_by_family", {})
+        third = ("Points matched or beaten by the policy's curve, per method: " +
+                 ", ".join(f"{family} {v['dominated']}/{v['points']}" for family, v in families.items()) + ".")
+        lines += [f"- {first} {second} {third if families else ''}".rstrip()]
+        for point in check.get("at_policy_speedups", []):
+            others = point["psnr_of_others_at_that_speedup"]
+            lines.append(f"  - at the {point['method']}'s {point['speedup']:.2f}x ({point['psnr_db']:.2f} dB): " +
+                         (", ".join(f"{family} {value:.2f} dB" for family, value in
+                                    sorted(others.items(), key=lambda kv: -kv[1]))
+                          if others else "no other method's settings span this speedup") + ".")
     return lines
 
 
@@ -103,7 +112,7 @@ def pareto_plot(result: dict, path: str) -> str:
     metrics = [("speedup_flops", "FLOPs speedup")]
     if any("speedup_wall_batch1" in r for r in result["methods"]):
         metrics.append(("speedup_wall_batch1", "wall-clock speedup, batch 1"))
-    fig, axes = plt.subplots(1, len(metrics), figsize=(8 * len(metrics), 6.5), squeeze=False)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(7.5 * len(metrics) + 3, 6.5), squeeze=False)
     rows = [r for r in result["methods"] if r["kind"] != "full"]
     families = list(dict.fromkeys(r["family"] for r in rows))
     markers = "osD^<>phP"
@@ -123,7 +132,7 @@ def pareto_plot(result: dict, path: str) -> str:
         ax.set_ylabel(f"{label}  (up is better)")
         ax.set_title(f"{label} vs fidelity")
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="upper right")
+    axes[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.suptitle(f"hasten compare: {result['n']} held-out pairs, {result['num_steps']} steps, {result['machine']}",
                  fontsize=9)
     fig.tight_layout()

@@ -221,6 +221,10 @@ def test_cli_compare_smoke(tiny_generator_dir, tiny_classifier_dir, tiny_policy_
         "learned policy"]
     assert result["command"].startswith("hasten ") and os.path.getsize(out / "c.png") > 1000
     assert SECTION_TITLE in (out / "B.md").read_text() and "(c.png)" in (out / "B.md").read_text()
+    # the reports re-render from the JSON alone
+    assert main(["compare", "--from-json", str(out / "c.json"), "--plot", str(out / "d.png"),
+                 "--markdown", str(out / "d.md")]) == 0
+    assert (out / "d.md").read_text() == (out / "c.md").read_text() and os.path.getsize(out / "d.png") > 1000
 
 
 @pytest.mark.parametrize("args, fragment", [

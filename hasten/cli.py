@@ -274,11 +274,12 @@ def cmd_compare(args) -> int:
             raise HastenError(f"{option} {text!r}: expected comma-separated integers >= 1, e.g. 14,10,7,5")
         return values
 
-    if args.from_json:  # re-render the reports of an earlier run, nothing is measured
+    if args.from_json:  # re-analyse and re-render an earlier run's measurements; nothing is measured
+        from hasten.compare import acceptance
         from hasten.io import read_json
 
         result = read_json(args.from_json)
-        args.json = None if os.path.abspath(args.json or "") == os.path.abspath(args.from_json) else args.json
+        result["acceptance"] = acceptance(result)
     else:
         budgets = parse_budgets(args.budgets)  # checked before anything loads
         uniform = ints(args.uniform_steps, "--uniform-steps") if args.uniform_steps else None
@@ -562,8 +563,8 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--benchmarks-md", metavar="PATH",
                     help="(re)write the '## hasten compare' section of this markdown file (e.g. BENCHMARKS.md)")
     cp.add_argument("--from-json", metavar="PATH",
-                    help="measure nothing: re-render --markdown, --plot and --benchmarks-md from the JSON of an "
-                         "earlier run")
+                    help="measure nothing: recompute the acceptance checks and re-render --json, --markdown, "
+                         "--plot and --benchmarks-md from the JSON of an earlier run (its command is kept)")
     _add_report_options(cp)
     cp.set_defaults(func=cmd_compare)
     return parser

@@ -4,7 +4,7 @@ components, prompt embeddings passed directly) and inside hasten's own sampler."
 import numpy as np
 import pytest
 import torch
-from diffusers import (AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel,
+from diffusers import (FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel,
                        SD3Transformer2DModel, StableDiffusion3Pipeline)
 
 import hasten
@@ -13,26 +13,13 @@ from hasten.generators.knobs import KnobState
 from hasten.generators.synthetic import random_generator
 from hasten.policies import Policy, PolicyConfig
 
+from tiny_pipelines import randomise_zero_layers, tiny_vae
+
 STEPS = 8
 SIZE = 32  # pixels; the tiny VAE halves it: 16x16 latents, 64 image tokens
 TEXT_TOKENS, COND_DIM = 3, 16
 # a policy that uses every knob often, so that decisions differ between images and steps
 BUSY = {"step_skip": [0.5, 0.3, 0.2], "cache_reuse": [0.4, 0.3, 0.3], "sparse_attention": [0.4, 0.3, 0.3]}
-
-
-def _randomise_zero_layers(model):
-    """diffusers zero-initialises output layers; small random weights make outputs depend on every block."""
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.abs().sum() == 0:
-                p.normal_(0, 0.02)
-    return model.eval()
-
-
-def _tiny_vae():
-    return AutoencoderKL(block_out_channels=(8, 8), in_channels=3, out_channels=3, latent_channels=4,
-                         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-                         norm_num_groups=4, sample_size=SIZE, shift_factor=0.0609, scaling_factor=1.5035).eval()
 
 
 def make_pipe(family: str, guidance_embeds: bool = False, seed: int = 0):
@@ -42,16 +29,16 @@ def make_pipe(family: str, guidance_embeds: bool = False, seed: int = 0):
                                              attention_head_dim=8, num_attention_heads=2,
                                              joint_attention_dim=COND_DIM, pooled_projection_dim=COND_DIM,
                                              axes_dims_rope=(2, 2, 4), guidance_embeds=guidance_embeds)
-        pipe = FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=_tiny_vae(), text_encoder=None,
+        pipe = FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=tiny_vae(), text_encoder=None,
                             tokenizer=None, text_encoder_2=None, tokenizer_2=None,
-                            transformer=_randomise_zero_layers(transformer))
+                            transformer=randomise_zero_layers(transformer))
     else:
         transformer = SD3Transformer2DModel(sample_size=16, patch_size=2, in_channels=4, out_channels=4, num_layers=4,
                                             attention_head_dim=8, num_attention_heads=2, joint_attention_dim=COND_DIM,
                                             caption_projection_dim=16, pooled_projection_dim=COND_DIM,
                                             pos_embed_max_size=16)
-        pipe = StableDiffusion3Pipeline(transformer=_randomise_zero_layers(transformer),
-                                        scheduler=FlowMatchEulerDiscreteScheduler(), vae=_tiny_vae(),
+        pipe = StableDiffusion3Pipeline(transformer=randomise_zero_layers(transformer),
+                                        scheduler=FlowMatchEulerDiscreteScheduler(), vae=tiny_vae(),
                                         text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None,
                                         text_encoder_3=None, tokenizer_3=None)
     pipe.set_progress_bar_config(disable=True)

@@ -54,7 +54,7 @@ def tiny_vae():
                          norm_num_groups=4, sample_size=SIZE, shift_factor=0.0609, scaling_factor=1.5035).eval()
 
 
-def _randomise_zero_layers(model):
+def randomise_zero_layers(model):
     """diffusers zero-initialises output layers; small random weights make outputs depend on every block."""
     with torch.no_grad():
         for p in model.parameters():
@@ -79,12 +79,12 @@ def make_tiny_pipeline(family: str, guidance_embeds: bool = True, seed: int = 0)
         pipe = FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(**FLUX_SCHEDULER), vae=tiny_vae(),
                             text_encoder=clip_encoder(False, len(clip_tok)), tokenizer=clip_tok,
                             text_encoder_2=t5_encoder(len(t5_tok)), tokenizer_2=t5_tok,
-                            transformer=_randomise_zero_layers(transformer))
+                            transformer=randomise_zero_layers(transformer))
     else:
         transformer = SD3Transformer2DModel(sample_size=16, patch_size=2, in_channels=4, out_channels=4, num_layers=2,
                                             attention_head_dim=8, num_attention_heads=2, joint_attention_dim=COND_DIM,
                                             caption_projection_dim=16, pooled_projection_dim=16, pos_embed_max_size=16)
-        pipe = StableDiffusion3Pipeline(transformer=_randomise_zero_layers(transformer),
+        pipe = StableDiffusion3Pipeline(transformer=randomise_zero_layers(transformer),
                                         scheduler=FlowMatchEulerDiscreteScheduler(**SD3_SCHEDULER), vae=tiny_vae(),
                                         text_encoder=clip_encoder(True, len(clip_tok)), tokenizer=clip_tok,
                                         text_encoder_2=clip_encoder(True, len(clip_tok)), tokenizer_2=clip_tokenizer(),

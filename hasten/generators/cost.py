@@ -148,13 +148,8 @@ class _FlopCounter(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        if func is F.linear:
-            x = args[0] if args else kwargs["input"]
-            w = args[1] if len(args) > 1 else kwargs["weight"]
-            self._add(2.0 * (x.numel() // w.shape[1]) * w.shape[0] * w.shape[1])
-        elif func is F.conv2d:
-            w = args[1] if len(args) > 1 else kwargs["weight"]
-            self._add(2.0 * out.numel() * math.prod(w.shape[1:]))
+        if func is F.linear or func is F.conv2d:
+            self._add(layer_flops(func, args, kwargs, out))
         elif func is F.scaled_dot_product_attention:
             call = sdpa_arguments(args, kwargs)
             q, k = call["query"], call["key"]
@@ -191,13 +186,8 @@ class ExecutedFlops(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        if func is F.linear:
-            x = args[0] if args else kwargs["input"]
-            w = args[1] if len(args) > 1 else kwargs["weight"]
-            self.flops += 2.0 * (x.numel() // w.shape[1]) * w.shape[0] * w.shape[1]
-        elif func is F.conv2d:
-            w = args[1] if len(args) > 1 else kwargs["weight"]
-            self.flops += 2.0 * out.numel() * math.prod(w.shape[1:])
+        if func is F.linear or func is F.conv2d:
+            self.flops += layer_flops(func, args, kwargs, out)
         elif func is F.scaled_dot_product_attention:
             call = sdpa_arguments(args, kwargs)
             q, k = call["query"], call["key"]
@@ -206,6 +196,15 @@ class ExecutedFlops(TorchFunctionMode):
             a = args[0]
             self.flops += 2.0 * out.numel() * (a.shape[-1] if a.dim() else 1)
         return out
+
+
+def layer_flops(func, args, kwargs, out) -> float:
+    """FLOPs of one ``F.linear`` (2 * rows * in * out) or ``F.conv2d`` (2 * outputs * in * kh * kw) call."""
+    w = args[1] if len(args) > 1 else kwargs["weight"]
+    if func is F.linear:
+        x = args[0] if args else kwargs["input"]
+        return 2.0 * (x.numel() // w.shape[1]) * w.shape[0] * w.shape[1]
+    return 2.0 * out.numel() * math.prod(w.shape[1:])
 
 
 _MATMULS = (torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.bmm, torch.mm)

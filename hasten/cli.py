@@ -204,6 +204,33 @@ def _sample_with_policy(args, generator, classes, conditions, seeds) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- reasoner
+def cmd_reasoner_train(args) -> int:
+    from hasten.config import apply_overrides, from_dict, load_document
+    from hasten.generators.train_reasoner import ReasonerRecipe, train_reasoner
+
+    data = apply_overrides(load_document(args.config) if args.config else {}, args.set)
+    recipe = from_dict(ReasonerRecipe, data, source=args.config or "reasoner recipe")
+    summary = train_reasoner(recipe, args.out, log_dir=args.log_dir, progress=not args.quiet)
+    print(f"reasoner saved to {args.out}: {summary['steps_done']} steps in {summary['train_minutes']:.1f} min, "
+          f"loss {summary['loss_first_50']:.3f} -> {summary['loss_last_50']:.3f}")
+    print(f"next: hasten reasoner eval {args.out} --json eval.json")
+    return 0
+
+
+def cmd_reasoner_eval(args) -> int:
+    from hasten.generators.reasoner import load_reasoner
+    from hasten.generators.train_reasoner import eval_markdown, evaluate_reasoner
+
+    _set_threads(args.threads)
+    reasoner = load_reasoner(args.reasoner)
+    result = evaluate_reasoner(reasoner, n=args.n, seed=args.seed, batch_size=args.batch_size,
+                               progress=not args.quiet)
+    result["command"] = "hasten " + " ".join(sys.argv[1:]) if sys.argv else ""
+    _report(eval_markdown(result), result, args)
+    return 0
+
+
 # ----------------------------------------------------------------------------- train / policy
 def cmd_train(args) -> int:
     from hasten.trainers.grpo import GRPOTrainer, load_experiment, new_run_dir, resume_config
@@ -259,7 +286,54 @@ def cmd_policy_eval(args) -> int:
 
 
 # ----------------------------------------------------------------------------- compare
+def cmd_compare_reasoning(args) -> int:
+    from hasten.compare_report import write_benchmarks_section
+    from hasten.compare_reasoning import SECTION_TITLE, acceptance, benchmarks_section, compare_reasoning, markdown, plot
+
+    _set_threads(args.threads)
+
+    def floats(text, option, lo, hi):
+        try:
+            values = tuple(float(v) for v in text.split(",") if v.strip())
+        except ValueError:
+            values = ()
+        if not values or min(values) < lo or max(values) > hi:
+            raise HastenError(f"{option} {text!r}: expected comma-separated numbers in [{lo}, {hi}]")
+        return values
+
+    if args.from_json:
+        from hasten.io import read_json
+
+        result = read_json(args.from_json)
+        result["acceptance"] = acceptance(result)
+    else:
+        fixed = tuple(int(v) for v in floats(args.fixed_steps, "--fixed-steps", 0, 10_000))
+        deer = floats(args.deer_thresholds, "--deer-thresholds", 0, 1)
+        heads = floats(args.head_thresholds, "--head-thresholds", 0, 1)
+        if args.policy and not os.path.isdir(args.policy):
+            raise HastenError(f"--policy {args.policy}: policy folder not found (expected runs/NAME/policy)")
+        if args.trl_model and not os.path.isdir(args.trl_model):
+            raise HastenError(f"--trl-model {args.trl_model}: reasoner folder not found")
+        result = compare_reasoning(args.generator or "embedded:arith", args.policy, n=args.n or 64, seed=args.seed,
+                                   fixed_steps=fixed, deer_thresholds=deer, head_thresholds=heads,
+                                   trl_model=args.trl_model, trl_minutes=args.trl_minutes, trl_out=args.trl_out,
+                                   batch_size=args.batch_size, progress=not args.quiet)
+        result["policy"] = os.path.abspath(args.policy) if args.policy else None
+        result["command"] = "hasten " + " ".join(sys.argv[1:]) if sys.argv else ""
+    table = markdown(result)
+    _report(table, result, args)
+    if args.plot:
+        print(f"wrote {plot(result, args.plot)}")
+    if args.benchmarks_md:
+        path = os.path.relpath(args.plot, os.path.dirname(os.path.abspath(args.benchmarks_md))) if args.plot else None
+        write_benchmarks_section(args.benchmarks_md, benchmarks_section(result, table, path), title=SECTION_TITLE)
+        print(f"wrote the reasoning compare section of {args.benchmarks_md}")
+    return 0
+
+
 def cmd_compare(args) -> int:
+    if args.task == "reasoning":
+        return cmd_compare_reasoning(args)
     from hasten.compare import compare, parse_budgets
     from hasten.compare_report import benchmarks_section, markdown, pareto_plot, write_benchmarks_section
 
@@ -286,7 +360,8 @@ def cmd_compare(args) -> int:
         batches = ints(args.timing_batches, "--timing-batches")
         if args.policy and not os.path.isdir(args.policy):
             raise HastenError(f"--policy {args.policy}: policy folder not found (expected runs/NAME/policy)")
-        result = compare(args.generator, args.policy, classifier=args.classifier, budgets=budgets, n=args.n,
+        result = compare(args.generator or DEFAULT_GENERATOR, args.policy, classifier=args.classifier,
+                         budgets=budgets, n=args.n or 256,
                          seed=args.seed, methods=args.methods, uniform_steps=uniform,
                          timing_samples=args.timing_samples, timing_repeats=args.timing_repeats,
                          timing_batches=batches, batch_size=args.batch_size, peer_batch_size=args.peer_batch_size,
@@ -413,6 +488,33 @@ def build_parser() -> argparse.ArgumentParser:
                       help="print JSON (to PATH if given, else stdout)")
     info.set_defaults(func=cmd_generator_info)
 
+    # reasoner
+    rs_sub = _command_group(sub, "reasoner", "train and evaluate the embedded reasoning LM (embedded:arith)",
+                            "Train and evaluate the small causal LM of embedded:arith: procedural arithmetic "
+                            "problems written with step-by-step chains of thought.")
+    rt = rs_sub.add_parser(
+        "train", help="train the arithmetic reasoning LM (a transformers Llama, character tokenizer)",
+        description="Train the causal LM of embedded:arith on fresh procedural problems (full chains, and "
+                    "chains cut at a random line followed by the answer). Writes a reasoner folder "
+                    "(model/, tokenizer/, hasten_reasoner.json) that `hasten.load_reasoner(OUT)` reads.")
+    rt.add_argument("--config", help="YAML/JSON file with ReasonerRecipe fields")
+    rt.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="override one recipe field (repeatable), e.g. --set steps=200")
+    rt.add_argument("--out", default="runs/arith-reasoner", help="reasoner folder (default: %(default)s)")
+    rt.add_argument("--log-dir", help="TensorBoard folder for the loss curve")
+    rt.add_argument("--quiet", action="store_true", help="no progress bar")
+    rt.set_defaults(func=cmd_reasoner_train)
+    re_ = rs_sub.add_parser(
+        "eval", help="accuracy by difficulty with the full chain and with no chain",
+        description="Decode N held-out problems per difficulty twice: letting the model write its full chain, "
+                    "and forcing the answer at once (no chain). Reports accuracy and reasoning tokens.")
+    re_.add_argument("reasoner", nargs="?", default="embedded:arith", help="embedded:arith or a reasoner folder")
+    re_.add_argument("--n", type=_positive_int, default=64, help="problems per difficulty (default: %(default)s)")
+    re_.add_argument("--seed", type=int, default=1_000_000, help="first held-out problem seed (default: %(default)s)")
+    re_.add_argument("--batch-size", type=_positive_int, default=64, help="problems decoded together")
+    _add_report_options(re_)
+    re_.set_defaults(func=cmd_reasoner_eval)
+
     # knobs
     knobs_sub = _command_group(sub, "knobs", "the acceleration knobs: cost benchmark",
                                "The acceleration knobs (step-skip, cache-reuse, sparse attention).")
@@ -535,16 +637,40 @@ def build_parser() -> argparse.ArgumentParser:
                "--json compare.json --markdown compare.md --plot pareto.png. Methods for --methods: full, "
                "uniform, sparse, firstblockcache, taylorseer, taylorseer-lite, magcache, "
                "pyramidattentionbroadcast, fastercache, seacache, dbcache, dbcache+taylorseer, random, policy "
-               "(full compute always runs: it is the reference).")
-    cp.add_argument("--generator", default=DEFAULT_GENERATOR, help="embedded:NAME or a generator folder "
-                                                                   "(default: %(default)s)")
+               "(full compute always runs: it is the reference). "
+               "With --task reasoning (e.g. hasten compare --task reasoning --policy runs/reasoning-quickstart/policy "
+               "--n 64 --trl-minutes 10 --json r.json --plot r.png): on N held-out problems per difficulty, the "
+               "full chain, the answer forced after k lines (--fixed-steps), DEER's confidence exit "
+               "(--deer-thresholds; its trial answers counted as probe tokens), the head (greedy and "
+               "--head-thresholds on P(stop)) and trl's GRPOTrainer fine-tuning the whole LM for --trl-minutes "
+               "(or an already fine-tuned --trl-model): accuracy, reasoning / probe / total tokens, seconds, "
+               "training cost.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    cp.add_argument("--fixed-steps", default="0,1,2,3,4,5,6,8,10,12",
+                    help="reasoning: chain lines after which fixed budgets force the answer (default: %(default)s)")
+    cp.add_argument("--deer-thresholds", default="0.5,0.7,0.8,0.9,0.95,0.99",
+                    help="reasoning: DEER confidence thresholds (default: %(default)s)")
+    cp.add_argument("--head-thresholds", default="0.2,0.35,0.65,0.8",
+                    help="reasoning: P(stop) thresholds of the head besides greedy (default: %(default)s)")
+    cp.add_argument("--trl-minutes", type=float, default=0.0,
+                    help="reasoning: fine-tune the LM with trl's GRPOTrainer for this many minutes (0: skip)")
+    cp.add_argument("--trl-model", help="reasoning: an already fine-tuned reasoner folder to evaluate instead")
+    cp.add_argument("--trl-out", default="runs/trl-grpo-baseline",
+                    help="reasoning: where --trl-minutes writes the fine-tuned LM (default: %(default)s)")
+    cp.add_argument("--task", choices=("denoising", "reasoning"), default="denoising",
+                    help="denoising (default): a DiT generator and its accelerators; reasoning: a reasoning LM, "
+                         "its chain-of-thought head, fixed budgets, DEER and trl's GRPOTrainer (see below)")
+    cp.add_argument("--generator", help="embedded:NAME or a generator / reasoner folder (default: embedded:shapes, "
+                                        "or embedded:arith with --task reasoning)")
     cp.add_argument("--policy", help="learned policy folder, e.g. runs/budgets/policy (without it: no policy "
                                      "and no random policy)")
     cp.add_argument("--budgets", default="0.5,0.35,0.25",
                     help="comma-separated budgets of the learned policy, FLOPs fractions in (0, 1] "
                          "(default: %(default)s)")
-    cp.add_argument("--n", type=_positive_int, default=256, help="held-out pairs (default: %(default)s)")
-    cp.add_argument("--seed", type=int, default=1_000_000, help="first held-out noise seed (default: %(default)s)")
+    cp.add_argument("--n", type=_positive_int, help="held-out pairs (default: 256); reasoning: problems per "
+                                                     "difficulty (default: 64)")
+    cp.add_argument("--seed", type=int, default=1_000_000, help="first held-out noise / problem seed "
+                                                                "(default: %(default)s)")
     cp.add_argument("--methods", help="comma-separated subset of the methods (default: all; see below)")
     cp.add_argument("--uniform-steps", help="step counts of uniform step reduction (default: 14,10,7,5, those "
                                             "below the schedule's length)")

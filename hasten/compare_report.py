@@ -158,14 +158,14 @@ def benchmarks_section(result: dict, table: str, plot_path: str | None = None) -
     return "\n".join(lines) + "\n"
 
 
-def write_benchmarks_section(path: str, section: str) -> None:
-    """Replace the ``## hasten compare`` section of a markdown file (up to the next ``## `` heading), or
+def write_benchmarks_section(path: str, section: str, title: str = SECTION_TITLE) -> None:
+    """Replace the section headed ``title`` of a markdown file (up to the next ``## `` heading), or
     append it when absent."""
     from hasten.io import write_text_atomic
 
     text = open(path).read() if os.path.exists(path) else "# Benchmarks\n"
     lines = text.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.rstrip() == SECTION_TITLE), None)
+    start = next((i for i, line in enumerate(lines) if line.rstrip() == title), None)
     if start is None:
         new = text.rstrip("\n") + "\n\n" + section
     else:

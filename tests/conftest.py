@@ -53,3 +53,18 @@ def embedded_available() -> bool:
     from hasten.generators.registry import EMBEDDED
 
     return os.path.isfile(os.path.join(EMBEDDED["shapes"], "hasten_generator.json"))
+
+
+@pytest.fixture(scope="session")
+def tiny_reasoner_dir(tmp_path_factory):
+    """A tiny reasoner folder (1-layer Llama trained a few seconds on embedded:arith's data)."""
+    from tiny_reasoner import make_tiny_reasoner
+
+    return make_tiny_reasoner(str(tmp_path_factory.mktemp("reasoner") / "tiny"))
+
+
+@pytest.fixture(scope="session")
+def tiny_reasoner(tiny_reasoner_dir):
+    from hasten.generators.reasoner import load_reasoner
+
+    return load_reasoner(tiny_reasoner_dir, max_steps=6, max_think_tokens=60)

@@ -13,7 +13,8 @@ from conftest import TINY
 
 COMMANDS = [[], ["generator"], ["generator", "train"], ["generator", "train-classifier"],
             ["generator", "eval"], ["generator", "info"], ["sample"], ["knobs"], ["knobs", "bench"],
-            ["train"], ["policy"], ["policy", "eval"], ["report"]]
+            ["train"], ["policy"], ["policy", "eval"], ["report"], ["reasoner"], ["reasoner", "train"],
+            ["reasoner", "eval"], ["compare"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "hasten")

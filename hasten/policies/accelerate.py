@@ -89,8 +89,11 @@ _KEEP = torch.tensor(SPARSE_ATTENTION.levels, dtype=torch.float32)
 
 
 def accelerate(pipe_or_model, policy: Policy, budget: float | None = None, *, greedy: bool = False,
-               seed: int = 0, seeds: Sequence[int] | None = None) -> "Acceleration":
-    """Apply ``policy``'s per-image decisions to a diffusers pipeline or a hasten generator.
+               seed: int = 0, seeds: Sequence[int] | None = None, **lm_options) -> "Acceleration":
+    """Apply ``policy``'s per-image decisions to a diffusers pipeline or a hasten generator; or a
+    chain-of-thought head's stop decisions to a transformers causal LM's ``generate``
+    (:class:`~hasten.policies.accelerate_lm.ChainAcceleration`, with ``tokenizer=``, ``threshold=``,
+    ``max_steps=``, ``max_think_tokens=`` in ``lm_options``).
 
     Args:
         pipe_or_model: a diffusers pipeline with a ``transformer`` of a registered DiT family
@@ -118,6 +121,15 @@ def accelerate(pipe_or_model, policy: Policy, budget: float | None = None, *, gr
         >>> acc.stats["flops_fraction"]  # doctest: +SKIP
         array([0.41, 0.38])
     """
+    from hasten.policies.cot import CoTLengthHead
+
+    if isinstance(policy, CoTLengthHead) or hasattr(pipe_or_model, "generate"):
+        from hasten.policies.accelerate_lm import ChainAcceleration
+
+        return ChainAcceleration(pipe_or_model, policy, budget=budget, greedy=greedy, seed=seed, seeds=seeds,
+                                 **lm_options)
+    if lm_options:
+        raise HastenError(f"accelerate: {sorted(lm_options)} apply to a causal LM and its chain-of-thought head")
     return Acceleration(pipe_or_model, policy, budget, greedy=greedy, seed=seed, seeds=seeds)
 
 

@@ -36,6 +36,9 @@ from hasten.io import atomic_directory, read_json, read_safetensors
 CONFIG_NAME = "policy_config.json"
 WEIGHTS_NAME = "policy.safetensors"
 KNOB_NAMES = tuple(k.name for k in KNOBS)
+DIT_KNOBS = {k.name: list(k.levels) for k in KNOBS}
+#: the chain-of-thought knob of a reasoning LM (:mod:`hasten.policies.cot`)
+REASONING_KNOBS = {"think": ["continue", "stop"]}
 
 
 @dataclass
@@ -53,8 +56,9 @@ class PolicyConfig:
     budget: float = 0.4  # default target budget at inference
     cost_unit: str = "flops"  # unit of the budget: "flops" or "time" (measured, set by the trainer)
     time_table: list = field(default_factory=list)  # (cache, sparse) -> time fraction, for cost_unit "time"
-    knobs: dict = field(default_factory=lambda: {k.name: list(k.levels) for k in KNOBS})
-    observation: list = field(default_factory=lambda: list(OBSERVATION))
+    knobs: dict = field(default_factory=lambda: dict(DIT_KNOBS))  # knob -> levels (set by the trainer)
+    observation: list = field(default_factory=lambda: list(OBSERVATION))  # observation columns (set by the trainer)
+    chain_format: dict = field(default_factory=dict)  # reasoning: {"boundary": ..., "answer_prefix": ...}
 
     def __post_init__(self):
         if self.hidden < 1 or self.layers < 0:
@@ -66,46 +70,49 @@ class PolicyConfig:
         if self.cost_unit == "time" and (len(self.time_table) != 3 or any(len(r) != 3 for r in self.time_table)):
             raise ValueError(f"time_table={self.time_table}: cost_unit 'time' needs 3 x 3 time fractions "
                              "(cache level x sparse level)")
+        # a denoising or a reasoning policy: the experiment's generator decides which knobs it gets
+        known = {**DIT_KNOBS, **REASONING_KNOBS, **self.knobs}
         for section in (self.allowed_levels, self.init_probs):
-            unknown = sorted(set(section) - set(KNOB_NAMES))
+            unknown = sorted(set(section) - set(known))
             if unknown:
-                raise ValueError(f"unknown knob(s) {unknown}; expected some of {list(KNOB_NAMES)}")
-        for knob in KNOBS:
-            levels = self.allowed_levels.get(knob.name, list(range(len(knob.levels))))
-            if not levels or any(not isinstance(v, int) or not 0 <= v < len(knob.levels) for v in levels):
-                raise ValueError(f"allowed_levels.{knob.name}={levels}: expected a non-empty list of level "
-                                 f"indices in 0..{len(knob.levels) - 1} ({', '.join(map(str, knob.levels))})")
-            probs = self.init_probs.get(knob.name)
-            if probs is not None and (len(probs) != len(knob.levels) or any(p < 0 for p in probs) or sum(probs) <= 0):
-                raise ValueError(f"init_probs.{knob.name}={probs}: expected {len(knob.levels)} non-negative "
+                raise ValueError(f"unknown knob(s) {unknown}; expected some of {list(known)}")
+        for name, knob_levels in known.items():
+            levels = self.allowed_levels.get(name, list(range(len(knob_levels))))
+            if not levels or any(not isinstance(v, int) or not 0 <= v < len(knob_levels) for v in levels):
+                raise ValueError(f"allowed_levels.{name}={levels}: expected a non-empty list of level "
+                                 f"indices in 0..{len(knob_levels) - 1} ({', '.join(map(str, knob_levels))})")
+            probs = self.init_probs.get(name)
+            if probs is not None and (len(probs) != len(knob_levels) or any(p < 0 for p in probs) or sum(probs) <= 0):
+                raise ValueError(f"init_probs.{name}={probs}: expected {len(knob_levels)} non-negative "
                                  "numbers with a positive sum")
 
 
 class Policy(nn.Module):
-    """Tri-level policy heads over the knobs of a DiT generator."""
+    """Categorical heads over the knobs of its config (the DiT knobs by default), one MLP trunk."""
 
     def __init__(self, config: PolicyConfig):
         super().__init__()
         self.config = config
+        self.knobs = {name: list(levels) for name, levels in config.knobs.items()}
         width, layers = config.hidden, []
         in_dim = len(config.observation)
         for _ in range(config.layers):
             layers += [nn.Linear(in_dim, width), nn.Tanh()]
             in_dim = width
         self.trunk = nn.Sequential(*layers)
-        self.heads = nn.ModuleDict({k.name: nn.Linear(in_dim, len(k.levels)) for k in KNOBS})
-        mask = torch.zeros(len(KNOBS), max(len(k.levels) for k in KNOBS), dtype=torch.bool)
-        for i, knob in enumerate(KNOBS):
-            mask[i, config.allowed_levels.get(knob.name, list(range(len(knob.levels))))] = True
+        self.heads = nn.ModuleDict({name: nn.Linear(in_dim, len(levels)) for name, levels in self.knobs.items()})
+        mask = torch.zeros(len(self.knobs), max(len(v) for v in self.knobs.values()), dtype=torch.bool)
+        for i, (name, levels) in enumerate(self.knobs.items()):
+            mask[i, config.allowed_levels.get(name, list(range(len(levels))))] = True
         self.register_buffer("allowed", mask, persistent=False)
         self._budget_column = list(config.observation).index("budget")
         with torch.no_grad():  # near-uniform start, or the configured initial probabilities
-            for knob in KNOBS:
-                head = self.heads[knob.name]
+            for name, levels in self.knobs.items():
+                head = self.heads[name]
                 head.weight.mul_(0.01)
-                probs = config.init_probs.get(knob.name)
+                probs = config.init_probs.get(name)
                 head.bias.copy_(torch.log(torch.tensor(probs, dtype=torch.float32).clamp_min(1e-3))
-                                if probs is not None else torch.zeros(len(knob.levels)))
+                                if probs is not None else torch.zeros(len(levels)))
 
     # ------------------------------------------------------------------------------ distributions
     def forward(self, obs: torch.Tensor) -> list[torch.Tensor]:
@@ -116,8 +123,8 @@ class Policy(nn.Module):
             obs[:, self._budget_column] = 0.0
         h = self.trunk(obs)
         out = []
-        for i, knob in enumerate(KNOBS):
-            logits = self.heads[knob.name](h)
+        for i, name in enumerate(self.knobs):
+            logits = self.heads[name](h)
             out.append(logits.masked_fill(~self.allowed[i, : logits.shape[1]], float("-inf")))
         return out
 
@@ -127,9 +134,9 @@ class Policy(nn.Module):
     @torch.no_grad()
     def act(self, obs, greedy: bool = False, generator: torch.Generator | None = None,
             uniforms: torch.Tensor | None = None):
-        """Sample (or, ``greedy``, take the most likely) levels: ((B, 3) long actions, (B,) log-probs).
+        """Sample (or, ``greedy``, take the most likely) levels: ((B, K) long actions, (B,) log-probs).
 
-        ``uniforms`` (B, 3) in [0, 1) make the draw explicit (inverse CDF per knob), so that a row's
+        ``uniforms`` (B, K) in [0, 1) make the draw explicit (inverse CDF per knob), so that a row's
         decisions depend only on its own random numbers, whatever batch it runs in.
         """
         dists = self.distributions(obs)
@@ -181,7 +188,7 @@ class Policy(nn.Module):
 
     def check_compatible(self, generator, where: str = "policy") -> None:
         """Raise a clear error when this policy was trained for another generator family or schedule."""
-        family = generator.family.name
+        family = getattr(generator.family, "name", generator.family)
         if self.config.family and self.config.family != family:
             raise HastenError(f"{where}: trained for the {self.config.family!r} generator family "
                               f"({self.config.generator or 'unknown generator'}); this generator is {family!r}")
@@ -212,9 +219,16 @@ class Policy(nn.Module):
                               f"and {WEIGHTS_NAME}, written by `hasten train`)")
         config_file = os.path.join(path, CONFIG_NAME)
         config = from_dict(PolicyConfig, read_json(config_file), source=config_file)
-        if list(config.observation) != list(OBSERVATION):
+        if config.knobs == REASONING_KNOBS:  # a chain-of-thought head (its columns are checked against the LM)
+            from hasten.policies.cot import CoTLengthHead
+
+            cls = CoTLengthHead
+        elif list(config.observation) != list(OBSERVATION):
+            cls = Policy
             raise HastenError(f"{config_file}: observation columns {config.observation}; this hasten "
                               f"provides {list(OBSERVATION)}")
+        else:
+            cls = Policy
         policy = cls(config)
         weights = os.path.join(path, WEIGHTS_NAME)
         state = read_safetensors(weights)

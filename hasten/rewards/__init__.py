@@ -1,4 +1,4 @@
-"""Reward registry and its terms: fidelity, cost, discriminator (DESIGN.md, "Rewards").
+"""Reward registry and its terms: fidelity, cost, discriminator; correctness and length for reasoning (DESIGN.md, "Rewards").
 
 Terms are registered by name (``@register_reward("fidelity")``, as verl's ``register_adv_est``)
 and combined with weights from the experiment file by :class:`CompositeReward`. A dotted path
@@ -14,7 +14,8 @@ from hasten.rewards.registry import (REWARDS, CompositeReward, RewardInputs, bui
                                      register_reward)
 from hasten.rewards import terms as _terms  # noqa: F401  (registers fidelity and cost)
 from hasten.rewards import discriminator as _discriminator  # noqa: F401  (registers discriminator)
+from hasten.rewards.correctness import ReasoningInputs  # registers correctness and length
 from hasten.rewards.discriminator import Discriminator
 
-__all__ = ["REWARDS", "CompositeReward", "Discriminator", "RewardInputs", "build_reward", "get_reward",
+__all__ = ["REWARDS", "CompositeReward", "Discriminator", "ReasoningInputs", "RewardInputs", "build_reward", "get_reward",
            "register_reward"]

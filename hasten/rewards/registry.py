@@ -72,7 +72,7 @@ class CompositeReward:
     def __call__(self, inputs: RewardInputs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Returns (total (B,), {name: (B,) unweighted term values})."""
         values = {name: term(inputs).detach().double().cpu() for name, term in self.terms.items()}
-        total = torch.zeros(inputs.images.shape[0], dtype=torch.float64)
+        total = torch.zeros(len(next(iter(values.values()))), dtype=torch.float64)
         for name, value in values.items():
             total += self.weights[name] * value
         return total, values

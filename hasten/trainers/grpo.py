@@ -114,6 +114,12 @@ class GRPOTrainer:
         torch.manual_seed(config.seed)  # the policy's and the discriminator's initial weights
         # Everything that can fail on user input fails here, before the run folder exists.
         self.reward = build_reward(config.rewards, where="rewards")
+        self.task = resolve_task(config)
+        self.iteration = 0
+        self.writer = None
+        if self.task == "reasoning":
+            self._init_reasoning(generator)
+            return
         self.generator = generator if generator is not None else load_generator(config.generator,
                                                                                   **config.generator_options)
         self.num_steps = config.num_steps or self.generator.default_steps
@@ -151,8 +157,36 @@ class GRPOTrainer:
         rng = np.random.default_rng(config.seed)
         self.pairs = np.stack([np.arange(config.train_pairs) % self.generator.num_classes,
                                rng.integers(0, 1_000_000, size=config.train_pairs)], axis=1)
-        self.iteration = 0
-        self.writer = None
+
+    def _init_reasoning(self, generator=None) -> None:
+        """The reasoning task: a frozen causal LM, ``hasten/Reasoning-v0`` and a chain-of-thought head."""
+        from hasten.envs.reasoning import ReasoningVectorEnv
+        from hasten.generators.reasoner import load_reasoner
+        from hasten.policies.cot import CoTLengthHead, cot_policy_config
+        from hasten.rollouts import ReasoningPool
+
+        c, g = self.config, self.config.grpo
+        if c.rollouts.backend != "inprocess":
+            raise HastenError(f"rollouts.backend={c.rollouts.backend!r}: the reasoning env runs in-process "
+                              "(one KV-cached batch); set rollouts.backend: inprocess")
+        for name in ("discriminator", "fidelity", "cost"):
+            if name in self.reward.terms:
+                raise HastenError(f"rewards.{name}: a denoising term; a reasoning experiment uses correctness "
+                                  "and length (e.g. {correctness: {weight: 1}, length: {weight: 0.3}})")
+        self.generator = generator if generator is not None else load_reasoner(c.generator, **c.generator_options)
+        self.num_steps = self.generator.meta.max_steps
+        self.guidance = 0.0
+        self.discriminator = None
+        self.policy = CoTLengthHead(cot_policy_config(c.policy, self.generator, c.budget))
+        self.initial_policy = copy.deepcopy(self.policy).requires_grad_(False) if g.kl_coef > 0 else None
+        self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=g.lr, weight_decay=g.weight_decay)
+        self.env = ReasoningVectorEnv(num_envs=g.groups_per_iteration * g.group_size, reasoner=self.generator,
+                                      budget=c.budget, rewards=self.reward, group_size=g.group_size)
+        self.pool = ReasoningPool(self.env)
+        rng = np.random.default_rng(c.seed)
+        conditions = self.generator.conditions
+        self.pairs = np.stack([np.asarray(conditions)[np.arange(c.train_pairs) % len(conditions)],
+                               rng.integers(0, 1_000_000, size=c.train_pairs)], axis=1)
 
     # ------------------------------------------------------------------------- one iteration
     def iteration_plan(self, iteration: int):
@@ -215,15 +249,27 @@ class GRPOTrainer:
         return stats
 
     def metrics(self, iteration, batch, advantages, update_stats, rollout_s, update_s) -> dict:
-        fidelity = psnr(torch.from_numpy(batch.images), torch.from_numpy(batch.references)).clamp(max=100)
-        flops = batch.flops_fraction
-        m = {
-            "iteration": iteration,
-            "charts/reward": float(batch.rewards.mean()),
-            "charts/speedup_flops": float(1.0 / flops.mean()),
-            "charts/flops_fraction": float(flops.mean()),
-            "charts/fidelity_psnr": float(fidelity.mean()),
-            "charts/within_budget": float((batch.cost_fraction <= batch.budgets + 1e-9).mean()),
+        m = {"iteration": iteration, "charts/reward": float(batch.rewards.mean())}
+        if self.task == "reasoning":
+            x = batch.extra
+            m.update({
+                "charts/accuracy": float(x["correct"].mean()),
+                "charts/full_chain_accuracy": float(x["full_correct"].mean()),
+                "charts/think_tokens": float(x["think_tokens"].mean()),
+                "charts/token_fraction": float(x["think_tokens"].mean() / max(x["full_tokens"].mean(), 1e-9)),
+                "charts/speedup_tokens": float(x["full_tokens"].mean() / max(x["think_tokens"].mean(), 1e-9)),
+                "charts/within_budget": float((batch.cost_fraction <= batch.budgets + 1e-9).mean()),
+            })
+        else:
+            fidelity = psnr(torch.from_numpy(batch.images), torch.from_numpy(batch.references)).clamp(max=100)
+            flops = batch.flops_fraction
+            m.update({
+                "charts/speedup_flops": float(1.0 / flops.mean()),
+                "charts/flops_fraction": float(flops.mean()),
+                "charts/fidelity_psnr": float(fidelity.mean()),
+                "charts/within_budget": float((batch.cost_fraction <= batch.budgets + 1e-9).mean()),
+            })
+        m.update({
             "losses/policy": update_stats["policy"],
             "losses/total": update_stats["loss"],
             "losses/grad_norm": update_stats["grad_norm"],
@@ -234,7 +280,7 @@ class GRPOTrainer:
             "timing_s/update": update_s,
             "perf/episodes_per_s": batch.num_episodes / max(rollout_s, 1e-9),
             **self.pool.stats(),
-        }
+        })
         if self.config.cost_unit == "time":
             m["charts/time_fraction_est"] = float(batch.cost_fraction.mean())
             m["charts/speedup_time_est"] = float(1.0 / batch.cost_fraction.mean())
@@ -245,7 +291,7 @@ class GRPOTrainer:
         for name, values in batch.terms.items():
             m[f"rewards/{name}/mean"] = float(np.mean(values))
             m[f"rewards/{name}/std"] = float(np.std(values))
-        m.update(decision_frequencies(batch.decisions))
+        m.update(decision_frequencies(batch.decisions, self.policy.knobs))
         return m
 
     # ------------------------------------------------------------------------- the run
@@ -287,8 +333,12 @@ class GRPOTrainer:
                     self.save_checkpoint()
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(reward=f"{m['charts/reward']:.3f}", speedup=f"{m['charts/speedup_flops']:.2f}x",
-                                    psnr=f"{m['charts/fidelity_psnr']:.1f}dB")
+                    if self.task == "reasoning":
+                        bar.set_postfix(reward=f"{m['charts/reward']:.3f}", acc=f"{m['charts/accuracy']:.3f}",
+                                        tokens=f"{m['charts/token_fraction']:.2f}")
+                    else:
+                        bar.set_postfix(reward=f"{m['charts/reward']:.3f}", speedup=f"{m['charts/speedup_flops']:.2f}x",
+                                        psnr=f"{m['charts/fidelity_psnr']:.1f}dB")
                 if on_iteration is not None:
                     on_iteration(iteration, m)
         finally:
@@ -306,8 +356,13 @@ class GRPOTrainer:
             f.write(json.dumps(m) + "\n")
 
     def log_samples(self, iteration: int, n: int = 8) -> None:
-        """A grid of full-compute (top row) vs greedy-policy samples (bottom row) of training pairs."""
+        """A grid of full-compute (top row) vs greedy-policy samples (bottom row) of training pairs
+        (reasoning: the greedy head's chains and answers as text)."""
         n = min(n, len(self.pairs))
+        if self.task == "reasoning":
+            self.writer.add_text("samples/chains", reasoning_samples(self.generator, self.policy, self.pairs[:n],
+                                                                     self.config.budget), iteration)
+            return
         conditions, seeds = self.pairs[:n, 0].tolist(), self.pairs[:n, 1].tolist()
         images, _ = self.generator.sample(conditions, seeds, num_steps=self.num_steps, guidance=self.guidance,
                                           decisions=self.policy.decide(self.config.budget))
@@ -323,7 +378,8 @@ class GRPOTrainer:
         tensors = {f"policy.{k}": v for k, v in self.policy.state_dict().items()}
         optim_tensors, optim_meta = optimizer_to_flat(self.optimizer, "optim")
         tensors.update(optim_tensors)
-        state = {"iteration": self.iteration, "optim": optim_meta, "references": self.env.references.shards}
+        references = self.env.references.shards if self.task == "denoising" else []
+        state = {"iteration": self.iteration, "optim": optim_meta, "references": references}
         tensors["rng.torch"] = torch.get_rng_state()
         if self.initial_policy is not None:
             tensors.update({f"initial_policy.{k}": v for k, v in self.initial_policy.state_dict().items()})
@@ -369,8 +425,33 @@ def _worker_options(options: dict) -> dict:
     return options
 
 
-def decision_frequencies(decisions: np.ndarray) -> dict:
-    """``policy/<knob>/<level>/t<bucket>``: share of model calls at each level, per quarter of the schedule."""
+def resolve_task(config: ExperimentConfig) -> str:
+    """``config.task``, with ``auto`` resolved from the generator (a reasoning LM or a denoiser)."""
+    from hasten.generators.reasoner import is_reasoner
+
+    if config.task != "auto":
+        return config.task
+    return "reasoning" if is_reasoner(config.generator) else "denoising"
+
+
+def reasoning_samples(reasoner, policy, pairs, budget: float) -> str:
+    """Markdown of the greedy head's chains and answers on ``pairs`` (difficulty, problem seed)."""
+    problems = reasoner.problems(pairs[:, 0], pairs[:, 1])
+    decoder = reasoner.decoder([p.prompt() for p in problems])
+    while not decoder.done.all():
+        decoder.advance(stop=policy.stop_decisions(decoder, budget, greedy=True))
+    lines = []
+    for p, chain, answer, ok in zip(problems, decoder.chains(), decoder.answers(),
+                                    [p.check(a) for p, a in zip(problems, decoder.answers())]):
+        lines.append(f"`{p.prompt().strip()}` -> {len(chain)} tokens, answer `{answer.strip()}` "
+                     f"({'right' if ok else 'wrong'})")
+    return "\n\n".join(lines)
+
+
+def decision_frequencies(decisions: np.ndarray, knobs: dict | None = None) -> dict:
+    """``policy/<knob>/<level>/t<bucket>``: share of decisions at each level, per quarter of the
+    schedule (reasoning: of the chain's step limit)."""
+    knobs = knobs or {k.name: list(k.levels) for k in KNOBS}
     n, steps, _ = decisions.shape
     out = {}
     bounds = np.linspace(0, steps, TIME_BUCKETS + 1).round().astype(int)
@@ -378,9 +459,9 @@ def decision_frequencies(decisions: np.ndarray) -> dict:
         window = decisions[:, bounds[b]:bounds[b + 1]]
         calls = window[..., 0] >= 0
         total = max(int(calls.sum()), 1)
-        for k, knob in enumerate(KNOBS):
-            for level, value in enumerate(knob.levels):
-                out[f"policy/{knob.name}/{value}/t{b}"] = float((window[..., k][calls] == level).sum() / total)
+        for k, (name, levels) in enumerate(knobs.items()):
+            for level, value in enumerate(levels):
+                out[f"policy/{name}/{value}/t{b}"] = float((window[..., k][calls] == level).sum() / total)
     return out
 
 
@@ -399,7 +480,13 @@ def load_experiment(path: str | None, overrides: list[str] | None = None) -> Exp
 
     data = load_document(path) if path else {}
     if "rewards" not in data:  # so that --set rewards.discriminator.weight=0 edits the default terms
-        data["rewards"] = copy.deepcopy(DEFAULT_EXPERIMENT_REWARDS)
+        from hasten.envs.reasoning import DEFAULT_REWARDS as REASONING_REWARDS
+        from hasten.generators.reasoner import is_reasoner
+
+        given = apply_overrides(copy.deepcopy(data), overrides)  # the generator may come from --set
+        reasoning = given.get("task") == "reasoning" or (given.get("task", "auto") == "auto" and
+                                                         is_reasoner(str(given.get("generator", ""))))
+        data["rewards"] = copy.deepcopy(REASONING_REWARDS if reasoning else DEFAULT_EXPERIMENT_REWARDS)
     data = apply_overrides(data, overrides)
     return from_dict(ExperimentConfig, data, source=path or "experiment")
 

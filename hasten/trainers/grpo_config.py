@@ -107,7 +107,8 @@ class LoggingConfig:
 class ExperimentConfig:
     """One ``hasten train`` run: the frozen generator, the target, the policy, rewards and GRPO."""
 
-    generator: str = ""  # embedded:NAME, a generator folder, or a diffusers pipeline folder (required)
+    generator: str = ""  # embedded:NAME (shapes, arith), a generator/reasoner folder, or a diffusers pipeline folder
+    task: str = "auto"  # "denoising", "reasoning", or "auto" (from the generator: a reasoning LM or a denoiser)
     generator_options: dict = field(default_factory=dict)  # pipeline folder: prompts, resolution, dtype, device
     name: str = "run"  # run folder name under runs/
     seed: int = 0  # seeds the training pairs, the policy init and the decision sampling
@@ -126,6 +127,8 @@ class ExperimentConfig:
     def __post_init__(self):
         if not self.generator:
             raise ValueError("generator: missing; expected embedded:shapes or a generator folder")
+        if self.task not in ("auto", "denoising", "reasoning"):
+            raise ValueError(f"task={self.task!r}: expected 'auto', 'denoising' or 'reasoning'")
         if not self.name or "/" in self.name or self.name.startswith("."):
             raise ValueError(f"name={self.name!r}: expected a plain folder name, e.g. quickstart")
         if not 0 < self.budget <= 1:

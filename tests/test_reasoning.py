@@ -1,6 +1,8 @@
 """Reasoning: embedded:arith's data and tokenizer, the chain decoder, hasten/Reasoning-v0, the
 correctness and length terms, the chain-of-thought head and its GRPO training."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -213,3 +215,33 @@ def test_reasoning_experiment_errors(tmp_path, tiny_reasoner_dir):
     with pytest.raises(HastenError, match="in-process"):
         GRPOTrainer(config, str(tmp_path / "run"))
     assert not (tmp_path / "run").exists()
+
+
+def test_a_transformers_folder_with_a_problem_file(tmp_path, tiny_reasoner_dir):
+    """A real LLM's path: a plain transformers causal-LM folder, its chain format and a JSONL problem file
+    given as options (here the tiny model and its character tokenizer stand in for it)."""
+    import json
+    import shutil
+
+    from hasten.generators.arith import CharTokenizer
+    from hasten.generators.reasoner import is_reasoner, load_reasoner, run_chains
+
+    folder = tmp_path / "lm"
+    shutil.copytree(os.path.join(tiny_reasoner_dir, "model"), folder)
+    CharTokenizer().save_pretrained(folder)
+    problems = tmp_path / "problems.jsonl"
+    problems.write_text("\n".join(json.dumps({"q": f"{a}+{b}", "a": f"so #### {a + b}"}) for a, b in
+                                  [(1, 2), (30, 4), (5, 60)]) + "\n")
+    assert is_reasoner(str(folder))
+    r = load_reasoner(str(folder), tokenizer="char", problems_file=str(problems), question_field="q",
+                      answer_field="a", prompt_template="Q{question}\n", max_steps=3)
+    picked = r.problems([0, 0, 0, 0], [0, 1, 2, 3])
+    assert [p.prompt() for p in picked] == ["Q1+2\n", "Q30+4\n", "Q5+60\n", "Q1+2\n"] and picked[1].answer == 34
+    assert picked[0].check("3 apples") and not picked[0].check("4") and not picked[0].check("none")
+    out = run_chains(r, picked)
+    assert len(out["correct"]) == 4 and (out["steps"] <= 3).all()
+    with pytest.raises(HastenError, match="problems_file"):
+        load_reasoner(str(folder), tokenizer="char", problems_file=str(tmp_path / "missing.jsonl"))
+    problems.write_text('{"q": "1+2"}\n')
+    with pytest.raises(HastenError, match="problems.jsonl:1"):
+        load_reasoner(str(folder), tokenizer="char", problems_file=str(problems), question_field="q", answer_field="a")

@@ -39,6 +39,10 @@ class ReasonerMeta:
     name: str = ""  # e.g. embedded:arith
     family: str = "causal-lm"  # generator family (a policy refuses another family or model)
     problems: str = "arith"  # problem source: "arith" (procedural) or "jsonl" (question/answer file)
+    problems_file: str = ""  # jsonl: one JSON object per line (e.g. GSM8K's question / answer)
+    question_field: str = "question"  # jsonl: the field holding the problem text
+    answer_field: str = "answer"  # jsonl: the field holding the answer (its last number; GSM8K's "#### 72")
+    prompt_template: str = "{question}\n"  # jsonl: the prompt, ending where the first reasoning step starts
     boundary: str = "\n"  # the step-boundary marker in the chain
     answer_prefix: str = "A"  # text that forces the answer
     max_steps: int = 16  # chain lines before the answer is forced
@@ -58,6 +62,12 @@ class ReasonerMeta:
                 raise ValueError(f"{name}={getattr(self, name)}: expected an integer >= 1")
         if self.tokenizer not in ("char", "auto"):
             raise ValueError(f"tokenizer={self.tokenizer!r}: expected 'char' or 'auto'")
+        if self.problems not in ("arith", "jsonl"):
+            raise ValueError(f"problems={self.problems!r}: expected 'arith' or 'jsonl'")
+        if self.problems == "jsonl" and not self.problems_file:
+            raise ValueError("problems_file: missing; problems 'jsonl' needs a file of question/answer lines")
+        if "{question}" not in self.prompt_template:
+            raise ValueError(f"prompt_template={self.prompt_template!r}: expected a '{{question}}' placeholder")
 
 
 def save_reasoner(path: str, model, tokenizer, recipe: dict | None = None, training: dict | None = None,
@@ -95,11 +105,24 @@ def resolve_reasoner_path(name_or_path: str) -> str:
     return name_or_path
 
 
+def _is_causal_lm_folder(path: str) -> bool:
+    """A transformers checkpoint folder of a causal LM (config.json with a ``*ForCausalLM`` architecture)."""
+    import json
+
+    try:
+        with open(os.path.join(path, "config.json")) as f:
+            architectures = json.load(f).get("architectures") or []
+    except (OSError, ValueError):
+        return False
+    return any(str(a).endswith("ForCausalLM") for a in architectures)
+
+
 def is_reasoner(name_or_path: str) -> bool:
-    """Whether ``name_or_path`` names a reasoning LM (``embedded:arith`` or a reasoner folder)."""
+    """Whether ``name_or_path`` names a reasoning LM: ``embedded:arith``, a reasoner folder, or a
+    transformers causal-LM folder (a real LLM; its chain format comes from ``generator_options``)."""
     if name_or_path.startswith("embedded:"):
         return name_or_path.split(":", 1)[1] in EMBEDDED
-    return os.path.isfile(os.path.join(name_or_path, META))
+    return os.path.isfile(os.path.join(name_or_path, META)) or _is_causal_lm_folder(name_or_path)
 
 
 def load_reasoner(name_or_path: str, device: str = "cpu", dtype: str = "float32", **overrides) -> "Reasoner":
@@ -108,6 +131,9 @@ def load_reasoner(name_or_path: str, device: str = "cpu", dtype: str = "float32"
     from hasten.config import from_dict
     from hasten.io import read_json
 
+    if not name_or_path.startswith("embedded:") and _is_causal_lm_folder(name_or_path) and \
+            not os.path.isfile(os.path.join(name_or_path, META)):
+        return _load_causal_lm(name_or_path, device, dtype, overrides)
     path = resolve_reasoner_path(name_or_path)
     meta_file = os.path.join(path, META)
     data = read_json(meta_file, ReasonerMeta)
@@ -143,6 +169,93 @@ def load_reasoner(name_or_path: str, device: str = "cpu", dtype: str = "float32"
     return Reasoner(model.to(device).eval().requires_grad_(False), tokenizer, meta)
 
 
+def _load_causal_lm(path: str, device: str, dtype: str, overrides: dict) -> "Reasoner":
+    """A real LLM from its transformers folder (user-provided weights; nothing is downloaded), with the
+    chain format and the problem file given as options (``experiments/reasoning_r1_gsm8k.yaml``)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        meta = ReasonerMeta(**{"name": path, "family": "causal-lm", "tokenizer": "auto", "problems": "jsonl",
+                               **overrides})
+    except (TypeError, ValueError) as e:
+        raise HastenError(f"generator_options for {path}: {e}") from e
+    if not hasattr(torch, dtype):
+        raise HastenError(f"dtype={dtype!r}: expected a torch dtype name, e.g. bfloat16")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), use_safetensors=True)
+        if meta.tokenizer == "char":
+            from hasten.generators.arith import CharTokenizer
+
+            tokenizer = CharTokenizer.from_pretrained(path)
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise HastenError(f"{path}: cannot load the language model ({str(e).splitlines()[0]})") from e
+    tokenizer.padding_side = "left"
+    return Reasoner(model.to(device).eval().requires_grad_(False), tokenizer, meta)
+
+
+class ProblemFile:
+    """Problems from a JSON-lines file (``question_field`` / ``answer_field``; GSM8K's layout by default).
+
+    ``select(seeds)`` picks problem ``seed % len`` for each seed; an answer is right when its first
+    number equals the number the answer field ends with (GSM8K writes ``... #### 72``).
+    """
+
+    def __init__(self, meta: ReasonerMeta):
+        import json
+
+        path = meta.problems_file
+        if not os.path.isfile(path):
+            raise HastenError(f"problems_file {path}: not found (expected a .jsonl file of question/answer lines)")
+        self.items = []
+        with open(path) as f:
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                    question, answer = row[meta.question_field], _last_number(str(row[meta.answer_field]))
+                except (ValueError, KeyError, TypeError) as e:
+                    raise HastenError(f"{path}:{number}: expected a JSON object with {meta.question_field!r} and "
+                                      f"{meta.answer_field!r} (a number at its end) ({e})") from e
+                self.items.append(TextProblem(meta.prompt_template.format(question=question), answer))
+        if not self.items:
+            raise HastenError(f"problems_file {path}: no problems in it")
+
+    def select(self, seeds) -> list["TextProblem"]:
+        return [self.items[int(s) % len(self.items)] for s in seeds]
+
+
+def _numbers(text: str) -> list[float]:
+    import re
+
+    return [float(m.replace(",", "")) for m in re.findall(r"-?\d[\d,]*(?:\.\d+)?", text)]
+
+
+def _last_number(text: str) -> float:
+    found = _numbers(text.split("####")[-1])
+    if not found:
+        raise ValueError(f"no number in {text[-40:]!r}")
+    return found[-1]
+
+
+@dataclass(frozen=True)
+class TextProblem:
+    """A problem of a :class:`ProblemFile`: its prompt and its numeric answer."""
+
+    text: str
+    answer: float
+    difficulty: int = 0
+
+    def prompt(self) -> str:
+        return self.text
+
+    def check(self, answer_text: str) -> bool:
+        found = _numbers(answer_text)
+        return bool(found) and abs(found[0] - self.answer) < 1e-6
+
+
 class Reasoner:
     """A frozen causal LM with its tokenizer and chain format.
 
@@ -154,6 +267,7 @@ class Reasoner:
 
     def __init__(self, model, tokenizer, meta: ReasonerMeta):
         self.model, self.tokenizer, self.meta = model, tokenizer, meta
+        self.problem_file = ProblemFile(meta) if meta.problems == "jsonl" else None
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         self.answer_ids = tokenizer.encode(meta.answer_prefix, add_special_tokens=False)

@@ -18,6 +18,9 @@ with the answer prefix ``A``) and ``full_chain_chars`` those of the problem's go
 len(completion) / full_chain_chars``. Writing the whole chain and answering right scores
 ``1 - length_weight``; answering right with no chain at all scores 1.
 
+Text after the answer line costs nothing in this reward (the reasoner's decoding stops at the end
+of the answer line anyway); trl generates until ``<eos>`` or ``max_completion_length``.
+
 The fine-tuned LM is written as a reasoner folder (:func:`hasten.generators.reasoner.save_reasoner`)
 with the input's chain format and limits, so the caller evaluates it exactly like the original::
 
@@ -180,7 +183,7 @@ def _check_prompt_tokens(reasoner, prompt: str) -> None:
 
 
 def train_trl_grpo(reasoner_path: str, out: str, minutes: float, length_weight: float = 0.3,
-                   num_generations: int = 8, batch_problems: int = 4, lr: float = 1e-4,
+                   num_generations: int = 8, batch_problems: int = 4, lr: float = 3e-5,
                    max_completion_length: int | None = None, seed: int = 0, max_steps: int = 10_000,
                    threads: int = 2, train_problems: int = 256, beta: float = 0.0,
                    temperature: float = 1.0) -> dict:
@@ -196,7 +199,10 @@ def train_trl_grpo(reasoner_path: str, out: str, minutes: float, length_weight: 
         num_generations: completions sampled per problem (the GRPO group, >= 2).
         batch_problems: problems per optimiser step (a step sees ``batch_problems *
             num_generations`` completions).
-        lr: AdamW learning rate (constant).
+        lr: AdamW learning rate (constant). On the 1M-parameter pilot LM, 1e-4 collapsed within
+            ~25 steps to answering at once (10% accuracy), and the completions then grew long
+            again after the answer line (the reward ignores what follows it); 1e-5 and 3e-5 were
+            stable over 3 minutes, 3e-5 cutting the think tokens more.
         max_completion_length: tokens a completion may have; default the reasoner's
             ``max_think_tokens + max_answer_tokens`` + a few (prefix, boundary, ``<eos>``).
         seed: the problems' and trl's seed.

@@ -200,7 +200,7 @@ def _trl_minutes(path: str) -> float | None:
     meta = os.path.join(path, "hasten_reasoner.json")
     try:
         with open(meta) as f:
-            seconds = json.load(f).get("training", {}).get("train_seconds")
+            seconds = json.load(f).get("training", {}).get("finetune", {}).get("train_seconds")
     except (OSError, ValueError):
         return None
     return None if seconds is None else seconds / 60

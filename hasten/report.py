@@ -1,8 +1,9 @@
 """``hasten report RUN_DIR``: PNG plots of a training run, for people who don't run TensorBoard.
 
 Reads ``metrics.jsonl`` and writes ``RUN_DIR/report.png``: the reward, FLOPs speedup and PSNR to
-full compute per iteration, each reward term, and the policy's decision frequencies over the
-schedule (a heatmap per knob, from the last iteration).
+full compute per iteration (reasoning runs: reward, accuracy and the reasoning tokens' fraction of
+the full chain's), each reward term, and the policy's decision frequencies over the schedule (a
+heatmap per knob, from the last iteration).
 """
 
 from __future__ import annotations
@@ -40,9 +41,12 @@ def write_report(run_dir: str, out: str | None = None) -> str:
     it = [r["iteration"] for r in rows]
     terms = sorted({k.split("/")[1] for r in rows for k in r if k.startswith("rewards/") and k.endswith("/mean")})
     fig, axes = plt.subplots(2, 3, figsize=(14, 7.5))
-    for ax, key, label in ((axes[0, 0], "charts/reward", "reward (composite)"),
-                           (axes[0, 1], "charts/speedup_flops", "FLOPs speedup (x)"),
-                           (axes[0, 2], "charts/fidelity_psnr", "PSNR to full compute (dB)")):
+    reasoning = "charts/accuracy" in rows[0]
+    panels = ((("charts/reward", "reward (composite)"), ("charts/accuracy", "accuracy (sampled decisions)"),
+               ("charts/token_fraction", "reasoning tokens / full chain's")) if reasoning else
+              (("charts/reward", "reward (composite)"), ("charts/speedup_flops", "FLOPs speedup (x)"),
+               ("charts/fidelity_psnr", "PSNR to full compute (dB)")))
+    for ax, (key, label) in zip(axes[0], panels):
         ax.plot(it, [r[key] for r in rows], marker=".")
         ax.set_title(label)
         ax.set_xlabel("iteration")
@@ -55,15 +59,18 @@ def write_report(run_dir: str, out: str | None = None) -> str:
     ax.legend()
     ax.grid(alpha=0.3)
     last = rows[-1]
-    for ax, knob in zip(axes[1, 1:], [k for k in KNOBS if k.name != "sparse_attention"]):
-        buckets = sorted({int(k.rsplit("/t", 1)[1]) for k in last if k.startswith(f"policy/{knob.name}/")})
-        grid = np.array([[last.get(f"policy/{knob.name}/{level}/t{b}", 0.0) for b in buckets]
-                         for level in knob.levels])
+    knobs = {"think": ["continue", "stop"]} if reasoning else \
+        {k.name: list(k.levels) for k in KNOBS if k.name != "sparse_attention"}
+    for ax in axes[1, 1 + len(knobs):]:
+        ax.axis("off")
+    for ax, (name, levels) in zip(axes[1, 1:], knobs.items()):
+        buckets = sorted({int(k.rsplit("/t", 1)[1]) for k in last if k.startswith(f"policy/{name}/")})
+        grid = np.array([[last.get(f"policy/{name}/{level}/t{b}", 0.0) for b in buckets] for level in levels])
         image = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0, vmax=1)
-        ax.set_yticks(range(len(knob.levels)), [str(v) for v in knob.levels])
+        ax.set_yticks(range(len(levels)), [str(v) for v in levels])
         ax.set_xticks(range(len(buckets)), [f"Q{b + 1}" for b in buckets])
-        ax.set_xlabel("quarter of the schedule (noise -> image)")
-        ax.set_title(f"{knob.name}: share of calls (iteration {last['iteration']})")
+        ax.set_xlabel("quarter of the chain's line limit" if reasoning else "quarter of the schedule (noise -> image)")
+        ax.set_title(f"{name}: share of decisions (iteration {last['iteration']})")
         fig.colorbar(image, ax=ax)
     fig.suptitle(os.path.basename(os.path.normpath(run_dir)))
     fig.tight_layout()

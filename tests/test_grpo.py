@@ -12,6 +12,9 @@ from hasten.trainers.grpo import GRPOTrainer, group_advantages, grpo_loss, load_
 def test_group_advantages_by_hand():
     adv = group_advantages(torch.tensor([1.0, 2.0, 3.0, 5.0, 5.0, 5.0]), group_size=3, eps=1e-4)
     assert adv.tolist() == pytest.approx([-1 / 1.0001, 0.0, 1 / 1.0001, 0.0, 0.0, 0.0], abs=1e-6)
+    # Dr. GRPO: no division by the group's std, so a group that differs by 0.02 keeps advantages of 0.01
+    adv = group_advantages(torch.tensor([1.0, 2.0, 3.0, 0.99, 1.01, 1.0]), group_size=3, scale=False)
+    assert adv.tolist() == pytest.approx([-1.0, 0.0, 1.0, -0.01, 0.01, 0.0], abs=1e-6)
 
 
 def test_grpo_loss_by_hand():

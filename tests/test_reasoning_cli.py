@@ -40,6 +40,9 @@ def test_train_a_head_then_compare(tmp_path, tiny_reasoner_dir):
     assert result.returncode == 0, result.stderr
     policy = tmp_path / "runs" / "rq" / "policy"
     assert (policy / "policy.safetensors").is_file()
+    report = run_cli("report", str(tmp_path / "runs" / "rq"))
+    assert report.returncode == 0, report.stderr
+    assert (tmp_path / "runs" / "rq" / "report.png").stat().st_size > 1000
     bench = tmp_path / "BENCHMARKS.md"
     bench.write_text("# Benchmarks\n\n## Other\n\nkept\n")
     result = run_cli("compare", "--task", "reasoning", "--generator", tiny_reasoner_dir, "--policy", str(policy),

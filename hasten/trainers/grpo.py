@@ -41,8 +41,10 @@ TIME_BUCKETS = 4
 
 
 # ----------------------------------------------------------------------------- the GRPO maths
-def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-4) -> torch.Tensor:
-    """(N,) episode rewards, rows grouped consecutively by ``group_size`` -> (N,) advantages.
+def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-4, scale: bool = True) -> torch.Tensor:
+    """(N,) episode rewards, rows grouped consecutively by ``group_size`` -> (N,) advantages:
+    ``(r - group mean) / (group std + eps)``, or ``r - group mean`` with ``scale=False`` (Dr. GRPO,
+    Liu et al. 2025: dividing by the std blows tiny differences within a group up to unit size).
 
     Example:
         >>> group_advantages(torch.tensor([1.0, 3.0, 0.0, 0.0]), 2, eps=0.0).tolist()
@@ -50,6 +52,8 @@ def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-4) 
     """
     groups = rewards.double().view(-1, group_size)
     mean = groups.mean(dim=1, keepdim=True)
+    if not scale:
+        return (groups - mean).view(-1).float()
     std = groups.std(dim=1, keepdim=True)  # unbiased, as TRL's GRPO
     return ((groups - mean) / (std + eps)).view(-1).float()
 
@@ -212,7 +216,7 @@ class GRPOTrainer:
         t1 = time.perf_counter()
         # advantage
         rewards = torch.from_numpy(batch.rewards)
-        advantages = group_advantages(rewards, g.group_size, g.advantage_eps)
+        advantages = group_advantages(rewards, g.group_size, g.advantage_eps, scale=g.scale_rewards)
         # update
         update_stats = self.update(batch, advantages)
         if self.discriminator is not None:

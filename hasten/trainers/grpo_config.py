@@ -40,6 +40,8 @@ class GRPOConfig:
     entropy_coef: float = 0.01  # entropy bonus
     max_grad_norm: float = 1.0  # gradient clipping
     advantage_eps: float = 1e-4  # advantage = (r - mean) / (std + eps)
+    scale_rewards: bool = True  # divide by the group's std (False: r - mean, as Dr. GRPO; a small length
+    #                             term then stays small where every rollout of a group is right)
 
     def __post_init__(self):
         if self.group_size < 2:

@@ -287,7 +287,6 @@ def cmd_policy_eval(args) -> int:
 
 # ----------------------------------------------------------------------------- compare
 def cmd_compare_reasoning(args) -> int:
-    from hasten.compare_report import write_benchmarks_section
     from hasten.compare_reasoning import SECTION_TITLE, acceptance, benchmarks_section, compare_reasoning, markdown, plot
 
     _set_threads(args.threads)
@@ -320,22 +319,29 @@ def cmd_compare_reasoning(args) -> int:
                                    batch_size=args.batch_size, progress=not args.quiet)
         result["policy"] = os.path.abspath(args.policy) if args.policy else None
         result["command"] = "hasten " + " ".join(sys.argv[1:]) if sys.argv else ""
+    _compare_outputs(result, args, markdown, plot, benchmarks_section, SECTION_TITLE)
+    return 0
+
+
+def _compare_outputs(result: dict, args, markdown, plot, benchmarks_section, title: str) -> None:
+    """Print the table; write --json, --markdown, --plot and the --benchmarks-md section of a compare result."""
+    from hasten.compare_report import write_benchmarks_section
+
     table = markdown(result)
     _report(table, result, args)
     if args.plot:
         print(f"wrote {plot(result, args.plot)}")
     if args.benchmarks_md:
         path = os.path.relpath(args.plot, os.path.dirname(os.path.abspath(args.benchmarks_md))) if args.plot else None
-        write_benchmarks_section(args.benchmarks_md, benchmarks_section(result, table, path), title=SECTION_TITLE)
-        print(f"wrote the reasoning compare section of {args.benchmarks_md}")
-    return 0
+        write_benchmarks_section(args.benchmarks_md, benchmarks_section(result, table, path), title=title)
+        print(f"wrote the '{title}' section of {args.benchmarks_md}")
 
 
 def cmd_compare(args) -> int:
     if args.task == "reasoning":
         return cmd_compare_reasoning(args)
     from hasten.compare import compare, parse_budgets
-    from hasten.compare_report import benchmarks_section, markdown, pareto_plot, write_benchmarks_section
+    from hasten.compare_report import SECTION_TITLE, benchmarks_section, markdown, pareto_plot
 
     _set_threads(args.threads)
 
@@ -368,14 +374,7 @@ def cmd_compare(args) -> int:
                          progress=not args.quiet)
         result["policy"] = os.path.abspath(args.policy) if args.policy else None
         result["command"] = "hasten " + " ".join(sys.argv[1:]) if sys.argv else ""
-    table = markdown(result)
-    _report(table, result, args)
-    if args.plot:
-        print(f"wrote {pareto_plot(result, args.plot)}")
-    if args.benchmarks_md:
-        plot = os.path.relpath(args.plot, os.path.dirname(os.path.abspath(args.benchmarks_md))) if args.plot else None
-        write_benchmarks_section(args.benchmarks_md, benchmarks_section(result, table, plot))
-        print(f"wrote the compare section of {args.benchmarks_md}")
+    _compare_outputs(result, args, markdown, pareto_plot, benchmarks_section, SECTION_TITLE)
     return 0
 
 

@@ -272,7 +272,7 @@ def plot(result: dict, path: str) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from hasten.io import publish
+    from hasten.io import save_figure
 
     fig, ax = plt.subplots(figsize=(8.5, 5.5))
     styles = {"fixed budget": dict(color="tab:gray", marker="s"), "DEER": dict(color="tab:orange", marker="^"),
@@ -294,12 +294,7 @@ def plot(result: dict, path: str) -> str:
     ax.legend(fontsize=8, loc="lower right")
     ax.set_title(f"hasten compare --task reasoning: {result['reasoner']}, {result['problems']} problems", fontsize=9)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".tmp-{os.path.basename(path)}")
-    fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    publish(tmp, path)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def benchmarks_section(result: dict, table: str, plot_path: str | None = None) -> str:

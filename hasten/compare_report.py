@@ -107,7 +107,7 @@ def pareto_plot(result: dict, path: str) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from hasten.io import publish
+    from hasten.io import save_figure
 
     metrics = [("speedup_flops", "FLOPs speedup")]
     if any("speedup_wall_batch1" in r for r in result["methods"]):
@@ -136,12 +136,7 @@ def pareto_plot(result: dict, path: str) -> str:
     fig.suptitle(f"hasten compare: {result['n']} held-out pairs, {result['num_steps']} steps, {result['machine']}",
                  fontsize=9)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".tmp-{os.path.basename(path)}")
-    fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    publish(tmp, path)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def benchmarks_section(result: dict, table: str, plot_path: str | None = None) -> str:

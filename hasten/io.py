@@ -77,6 +77,19 @@ def write_text_atomic(path: str, text: str) -> None:
         raise
 
 
+def save_figure(fig, path: str, dpi: int = 110) -> str:
+    """Write a matplotlib figure as PNG atomically (temporary file, then rename) and close it."""
+    import matplotlib.pyplot as plt
+
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f".tmp-{os.path.basename(path)}")
+    fig.savefig(tmp, format="png", dpi=dpi)
+    plt.close(fig)
+    publish(tmp, path)
+    return path
+
+
 def read_safetensors(path: str) -> dict[str, torch.Tensor]:
     """Load a safetensors file; a missing or corrupted file is an error naming it."""
     from safetensors import SafetensorError

@@ -35,7 +35,7 @@ def write_report(run_dir: str, out: str | None = None) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from hasten.io import publish
+    from hasten.io import save_figure
 
     rows = read_metrics(run_dir)
     it = [r["iteration"] for r in rows]
@@ -74,9 +74,4 @@ def write_report(run_dir: str, out: str | None = None) -> str:
         fig.colorbar(image, ax=ax)
     fig.suptitle(os.path.basename(os.path.normpath(run_dir)))
     fig.tight_layout()
-    out = out or os.path.join(run_dir, "report.png")
-    tmp = os.path.join(os.path.dirname(os.path.abspath(out)), f".tmp-{os.path.basename(out)}")
-    fig.savefig(tmp, format="png", dpi=90)
-    plt.close(fig)
-    publish(tmp, out)
-    return out
+    return save_figure(fig, out or os.path.join(run_dir, "report.png"), dpi=90)

@@ -535,7 +535,6 @@ class ChainDecoder:
                     active[i] = False
                 else:
                     answers[i].append(t)
-        self.probe_calls = getattr(self, "probe_calls", 0) + self.forward_calls - saved_calls
         self.forward_calls = saved_calls
         written = np.maximum(spent - len(self.r.answer_ids), 1)
         confidence = np.where(rows, np.exp(logp / written), 0.0)

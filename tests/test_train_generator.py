@@ -66,3 +66,18 @@ def test_resume_with_another_config_is_refused(tmp_path):
     train_generator(GeneratorTrainConfig(steps=3, **SHORT), run, progress=False)
     with pytest.raises(HastenError, match="another config"):
         train_generator(GeneratorTrainConfig(steps=4, **SHORT), run, resume=True, progress=False)
+
+
+def test_max_minutes_ends_the_run_and_its_decay_at_the_deadline(tmp_path):
+    config = GeneratorTrainConfig(steps=50, max_minutes=1e-6, **SHORT)
+    assert tg._lr_at(config, 10, elapsed_s=0.0) > tg._lr_at(config, 10, elapsed_s=1.0) == pytest.approx(
+        config.lr * config.lr_min_ratio)
+    run = str(tmp_path / "run")
+    out = train_generator(config, run, progress=False)
+    gen = load_generator(out)
+    assert gen.meta["train_steps"] == 1 and gen.meta["train_config"]["max_minutes"] == 1e-6
+    # resuming a run that reached its deadline trains no further and exports the same model
+    again = train_generator(config, run, resume=True, progress=False)
+    assert load_generator(again).meta["train_steps"] == 1
+    with pytest.raises(ValueError, match="max_minutes"):
+        GeneratorTrainConfig(max_minutes=-1)

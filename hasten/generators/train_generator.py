@@ -37,9 +37,10 @@ class GeneratorTrainConfig:
     """Every knob of the generator recipe; the shipped model's values are in its folder."""
 
     seed: int = 0  # seeds the weights, the data stream, the timesteps and the label dropout
-    steps: int = 3000  # optimiser steps
+    steps: int = 20000  # optimiser steps (at most)
+    max_minutes: float = 85.0  # wall-clock limit of the training (0: none); the cosine decay then ends at it
     batch_size: int = 32  # images per step
-    lr: float = 5e-4  # peak AdamW learning rate
+    lr: float = 1e-3  # peak AdamW learning rate
     warmup_steps: int = 100  # linear warm-up, then cosine decay to lr_min_ratio * lr
     lr_min_ratio: float = 0.1  # floor of the cosine decay, as a fraction of lr
     weight_decay: float = 0.0  # AdamW weight decay
@@ -77,8 +78,8 @@ class GeneratorTrainConfig:
             raise ValueError(f"ema_decay={self.ema_decay}: must be in [0, 1)")
         if self.lr <= 0:
             raise ValueError(f"lr={self.lr}: must be > 0")
-        if self.warmup_steps < 0 or self.threads < 0:
-            raise ValueError("warmup_steps and threads must be >= 0")
+        if self.warmup_steps < 0 or self.threads < 0 or self.max_minutes < 0:
+            raise ValueError("warmup_steps, threads and max_minutes must be >= 0")
         if self.shift <= 0:
             raise ValueError(f"shift={self.shift}: must be > 0")
 
@@ -121,11 +122,21 @@ def flow_loss(transformer, encoder, images, labels, sigmas, noise) -> torch.Tens
     return torch.nn.functional.mse_loss(pred, pack(noise - images))
 
 
-def _lr_at(config: GeneratorTrainConfig, step: int) -> float:
+def progress_at(config: GeneratorTrainConfig, step: int, elapsed_s: float) -> float:
+    """Share of the run done: by steps, or by wall-clock when ``max_minutes`` is set, whichever is
+    further (so the run and its learning-rate decay end at the deadline however fast the machine)."""
+    done = step / config.steps
+    if config.max_minutes:
+        done = max(done, elapsed_s / (config.max_minutes * 60))
+    return min(done, 1.0)
+
+
+def _lr_at(config: GeneratorTrainConfig, step: int, elapsed_s: float = 0.0) -> float:
     if step < config.warmup_steps:
         return config.lr * (step + 1) / config.warmup_steps
-    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
-    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    warm = config.warmup_steps / config.steps
+    progress = (progress_at(config, step, elapsed_s) - warm) / max(1e-9, 1 - warm)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, max(0.0, progress))))
     return config.lr * (config.lr_min_ratio + (1 - config.lr_min_ratio) * cosine)
 
 
@@ -204,7 +215,9 @@ def train_generator(config: GeneratorTrainConfig, run_dir: str, resume: bool = F
         save_checkpoint(ckpt_dir, tensors, {"step": step, "elapsed_s": elapsed,
                                             "config": asdict(config), "optimizer": optim_meta})
 
-    for step in range(start, config.steps):
+    complete = progress_at(config, start, elapsed) >= 1.0
+    done_steps = start
+    for step in range(start, start if complete else config.steps):
         images_np, labels_np = next(data)
         images, labels = torch.from_numpy(images_np), torch.from_numpy(labels_np)
         drop = torch.rand(labels.shape, generator=gen) < config.label_dropout
@@ -212,7 +225,7 @@ def train_generator(config: GeneratorTrainConfig, run_dir: str, resume: bool = F
         sigmas = torch.sigmoid(torch.randn(labels.shape, generator=gen))  # logit-normal (SD3)
         noise = torch.randn(images.shape, generator=gen)
         for group in optimizer.param_groups:
-            group["lr"] = _lr_at(config, step)
+            group["lr"] = _lr_at(config, step, elapsed)
         loss = flow_loss(transformer, encoder, images, labels, sigmas, noise)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -237,19 +250,25 @@ def train_generator(config: GeneratorTrainConfig, run_dir: str, resume: bool = F
             writer.add_scalar("charts/lr", optimizer.param_groups[0]["lr"], step + 1)
             writer.add_scalar("charts/grad_norm", float(grad_norm), step + 1)
             writer.add_scalar("timing_s/elapsed", elapsed, step + 1)
-        if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
+        done_steps = step + 1
+        finished = progress_at(config, done_steps, elapsed) >= 1.0
+        if (step + 1) % config.checkpoint_every == 0 or finished:
             save(step + 1)
+        if finished:
+            if step + 1 < config.steps:
+                logger.info("stopping at step %d: max_minutes=%s reached", step + 1, config.max_minutes)
+            break
     bar.close()
     writer.close()
-    if start >= config.steps:
+    if complete:
         logger.info("run already complete at step %d", start)
     out = os.path.join(run_dir, "model")
-    export_generator(ema_t, ema_e, config, out, train_seconds=elapsed)
+    export_generator(ema_t, ema_e, config, out, train_seconds=elapsed, train_steps=done_steps)
     return out
 
 
 def export_generator(transformer, encoder, config: GeneratorTrainConfig, out: str,
-                     train_seconds: float) -> None:
+                     train_seconds: float, train_steps: int | None = None) -> None:
     """Write the generator folder (diffusers ``save_pretrained`` layout) read by load_generator."""
     from diffusers import FlowMatchEulerDiscreteScheduler
 
@@ -271,6 +290,7 @@ def export_generator(transformer, encoder, config: GeneratorTrainConfig, out: st
             "guidance_scale": config.guidance_scale,
             "hasten_version": __version__,
             "train_seconds": round(train_seconds, 1),
+            "train_steps": config.steps if train_steps is None else train_steps,
             "train_threads": torch.get_num_threads(),
             "recipe": "hasten generator train",
             "train_config": asdict(config),

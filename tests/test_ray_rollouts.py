@@ -131,6 +131,30 @@ def test_a_pipeline_generator_runs_on_ray_workers(ray_cluster, tmp_path, monkeyp
     assert metrics[0]["perf/workers"] == 2
 
 
+def test_the_reasoning_env_runs_on_ray_workers(ray_cluster, tiny_reasoner_dir, tmp_path):
+    """hasten/Reasoning-v0 on 2 actors: the in-process pool's trajectories, rewards and head; the full
+    chains the actors computed come back to the controller."""
+    overrides = [f"generator={tiny_reasoner_dir}", "train_pairs=8", "generator_options.max_steps=6",
+                 "generator_options.max_think_tokens=60", "logging.progress=false", "rollouts.threads=1",
+                 "policy.init_probs.think=[0.7,0.3]", "grpo.iterations=2", "grpo.groups_per_iteration=4",
+                 "grpo.group_size=3", "rewards.length.mode=cap"]
+    ref_trainer, expected, _ = _train(load_experiment(None, overrides), str(tmp_path / "inprocess"))
+    trainer, got, metrics = _train(load_experiment(None, [*overrides, "rollouts.backend=ray",
+                                                          "rollouts.num_workers=2"]), str(tmp_path / "ray"))
+    assert len(got) == len(expected) == 2
+    for e, g in zip(expected, got):
+        _assert_same_trajectories(e, g)
+        for key in ("correct", "think_tokens", "full_tokens", "steps"):
+            np.testing.assert_array_equal(g.extra[key], e.extra[key], err_msg=key)
+        assert len({part["pid"] for part in g.extra["parts"]}) == 2
+    for key, value in ref_trainer.policy.state_dict().items():
+        torch.testing.assert_close(trainer.policy.state_dict()[key], value, atol=1e-4, rtol=1e-4)
+    assert metrics[-1]["perf/workers"] == 2 and 0 <= metrics[-1]["charts/accuracy"] <= 1
+    assert set(map(tuple, np.stack([got[0].conditions, got[0].seeds], 1).tolist())) <= \
+        set(trainer.env.full_chains.known_chains)
+    assert trainer.pool.workers == []
+
+
 def test_concatenated_shards_equal_the_whole_batch(tiny_generator):
     from hasten.envs.denoising import DenoisingVectorEnv
     from hasten.policies import Policy, PolicyConfig

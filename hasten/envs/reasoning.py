@@ -62,11 +62,11 @@ class FullChains:
 
     def __init__(self, reasoner, batch_size: int = 64):
         self.reasoner, self.batch_size = reasoner, batch_size
-        self.known: dict[tuple[int, int], tuple[int, int, bool]] = {}
+        self.known_chains: dict[tuple[int, int], tuple[int, int, bool]] = {}
 
     def get(self, conditions, seeds) -> dict[str, np.ndarray]:
         keys = [(int(c), int(s)) for c, s in zip(conditions, seeds)]
-        missing = sorted(set(k for k in keys if k not in self.known))
+        missing = sorted(set(k for k in keys if k not in self.known_chains))
         for start in range(0, len(missing), self.batch_size):
             part = missing[start:start + self.batch_size]
             problems = self.reasoner.problems([k[0] for k in part], [k[1] for k in part])
@@ -75,11 +75,32 @@ class FullChains:
                 decoder.advance(stop=False)
             for k, p, answer, tokens, steps in zip(part, problems, decoder.answers(), decoder.think_tokens,
                                                    decoder.steps):
-                self.known[k] = (int(tokens), int(steps), bool(p.check(answer)))
-        rows = [self.known[k] for k in keys]
+                self.known_chains[k] = (int(tokens), int(steps), bool(p.check(answer)))
+        rows = [self.known_chains[k] for k in keys]
         return {"think_tokens": np.array([r[0] for r in rows], dtype=np.int64),
                 "steps": np.array([r[1] for r in rows], dtype=np.int64),
                 "correct": np.array([r[2] for r in rows], dtype=bool)}
+
+    def table(self, conditions, seeds) -> np.ndarray:
+        """(N, 3) float32 rows (reasoning tokens, lines, correct) of the full chains: what a rollout
+        batch carries as its ``references``."""
+        full = self.get(conditions, seeds)
+        return np.stack([full["think_tokens"], full["steps"], full["correct"]], axis=1).astype(np.float32)
+
+    def known(self, conditions, seeds) -> dict[tuple[int, int], tuple[int, int, bool]]:
+        """The full chains already held for these rows (what a Ray pool ships with a shard)."""
+        keys = {(int(c), int(s)) for c, s in zip(conditions, seeds)}
+        return {k: self.known_chains[k] for k in keys if k in self.known_chains}
+
+    def remember(self, known: dict[tuple[int, int], tuple[int, int, bool]]) -> None:
+        """Hold full chains another process computed."""
+        for key, row in known.items():
+            self.known_chains.setdefault(key, row)
+
+    def add(self, conditions, seeds, table) -> None:
+        """Hold the full chains of a batch's rows (its ``references``, see :meth:`table`)."""
+        for c, s, (tokens, steps, correct) in zip(conditions, seeds, np.asarray(table)):
+            self.known_chains.setdefault((int(c), int(s)), (int(tokens), int(steps), bool(correct)))
 
     @property
     def shards(self) -> list:

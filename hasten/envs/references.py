@@ -77,6 +77,11 @@ class ReferenceCache:
         keys = {(int(c), int(s)) for c, s in zip(labels, seeds)}
         return {k: self.images[k] for k in keys if k in self.images}
 
+    def remember(self, known: dict[tuple[int, int], torch.Tensor]) -> None:
+        """Hold references another process computed (what a Ray worker gets with a shard), in memory."""
+        for key, image in known.items():
+            self.images.setdefault(key, image)
+
     def add(self, labels, seeds, images: torch.Tensor) -> None:
         """Store references computed elsewhere (by a rollout worker); new ones are written to disk."""
         new, seen = [], set()

@@ -21,8 +21,11 @@ class TrajectoryBatch:
         flops_fraction: (N,) FLOPs spent relative to full compute.
         cost_fraction: (N,) cost spent in the experiment's unit (equal to ``flops_fraction`` for FLOPs).
         conditions, seeds, budgets: (N,) class index, noise seed and target budget of each row.
-        images: (N, C, H, W) final accelerated samples; references: the full-compute ones.
+        images: (N, C, H, W) final accelerated samples; references: the full-compute ones (for the
+            reasoning task: (N, 3) reasoning tokens, lines and correctness of the full chains).
         decisions: (N, num_steps, K) applied levels by schedule position (-1: no call there).
+        extra: what else a pool records: per-row arrays (e.g. the reasoning pool's ``correct``)
+            and per-shard values (a Ray worker's ``busy_s``, ``pid``).
     """
 
     obs: np.ndarray
@@ -69,7 +72,7 @@ class TrajectoryBatch:
                    flops_fraction=rows("flops_fraction"), cost_fraction=rows("cost_fraction"),
                    conditions=rows("conditions"), seeds=rows("seeds"), budgets=rows("budgets"),
                    images=rows("images"), references=rows("references"), decisions=rows("decisions"),
-                   extra={"parts": [b.extra for b in batches]})
+                   extra={**_joined_rows(batches), "parts": [b.extra for b in batches]})
 
     @property
     def num_episodes(self) -> int:
@@ -78,3 +81,10 @@ class TrajectoryBatch:
     @property
     def num_decisions(self) -> int:
         return int(self.active.sum())
+
+
+def _joined_rows(batches: list[TrajectoryBatch]) -> dict:
+    """The ``extra`` arrays that hold one entry per row in every batch, joined in row order."""
+    keys = [k for k, v in batches[0].extra.items() if isinstance(v, np.ndarray)]
+    return {k: np.concatenate([b.extra[k] for b in batches]) for k in keys
+            if all(isinstance(b.extra.get(k), np.ndarray) and len(b.extra[k]) == b.num_episodes for b in batches)}

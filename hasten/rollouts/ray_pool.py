@@ -52,6 +52,8 @@ class RolloutSpec:
     policy: dict
     threads: int = 1
     generator_options: dict = field(default_factory=dict)  # a pipeline folder's prompts, resolution, dtype, device
+    task: str = "denoising"  # or "reasoning": a causal LM, hasten/Reasoning-v0 and a chain-of-thought head
+    group_size: int = 1  # rows per GRPO group (the reasoning env terminates a group's rows together)
 
 
 class RolloutWorker:
@@ -64,21 +66,35 @@ class RolloutWorker:
 
     def __init__(self, spec: dict, device: str = "cpu"):
         from hasten.config import from_dict
-        from hasten.envs.references import ReferenceCache
-        from hasten.generators import load_generator
         from hasten.policies.heads import Policy, PolicyConfig
         from hasten.rewards import build_reward
 
         self.spec = RolloutSpec(**spec)
         if self.spec.threads:
             torch.set_num_threads(self.spec.threads)
-        self.generator = load_generator(self.spec.generator, **self.spec.generator_options)
-        if device != "cpu" and self.generator.device.type == "cpu":
-            self.generator.transformer.to(device)
-            self.generator.class_encoder.to(device)
         self.reward = build_reward(self.spec.rewards)
-        self.references = ReferenceCache(self.generator, self.spec.num_steps, self.spec.guidance)
-        self.policy = Policy(from_dict(PolicyConfig, self.spec.policy, source="policy"))
+        policy_config = from_dict(PolicyConfig, self.spec.policy, source="policy")
+        if self.spec.task == "reasoning":
+            from hasten.envs.reasoning import FullChains
+            from hasten.generators.reasoner import load_reasoner
+            from hasten.policies.cot import CoTLengthHead
+
+            options = dict(self.spec.generator_options)
+            if device != "cpu":
+                options.setdefault("device", device)
+            self.generator = load_reasoner(self.spec.generator, **options)
+            self.references = FullChains(self.generator)
+            self.policy = CoTLengthHead(policy_config)
+        else:
+            from hasten.envs.references import ReferenceCache
+            from hasten.generators import load_generator
+
+            self.generator = load_generator(self.spec.generator, **self.spec.generator_options)
+            if device != "cpu" and self.generator.device.type == "cpu":
+                self.generator.transformer.to(device)
+                self.generator.class_encoder.to(device)
+            self.references = ReferenceCache(self.generator, self.spec.num_steps, self.spec.guidance)
+            self.policy = Policy(policy_config)
         self.version = None
         self.pools: dict[int, object] = {}
 
@@ -88,27 +104,37 @@ class RolloutWorker:
 
     def collect(self, weights: dict, shard: dict) -> TrajectoryBatch:
         """Run one shard: ``weights`` = {version, policy, reward}; ``shard`` = rows and known references."""
-        from hasten.envs.denoising import DenoisingVectorEnv
-        from hasten.rollouts.inprocess import InProcessPool
-
         start = time.perf_counter()
         if weights["version"] != self.version:
             self.policy.load_state_dict(weights["policy"])
             self.reward.load_state_dict(weights["reward"])
             self.version = weights["version"]
-        for key, image in shard["references"].items():
-            self.references.images.setdefault(key, image)
+        self.references.remember(shard["references"])
         n = len(shard["conditions"])
         if n not in self.pools:
-            s = self.spec
-            env = DenoisingVectorEnv(num_envs=n, generator=self.generator, num_steps=s.num_steps, guidance=s.guidance,
-                                     budget=s.budget, rewards=self.reward, references=self.references,
-                                     cost_unit=s.cost_unit, time_table=s.time_table)
-            self.pools[n] = InProcessPool(env)
+            self.pools[n] = self._pool(n)
         batch = self.pools[n].collect(self.policy, shard["conditions"], shard["seeds"], shard["budgets"],
                                       shard["row_seeds"], greedy=shard.get("greedy", False))
-        batch.extra = {"busy_s": time.perf_counter() - start, "pid": os.getpid()}
+        batch.extra.update(busy_s=time.perf_counter() - start, pid=os.getpid())
         return batch
+
+    def _pool(self, n: int):
+        """The in-process pool of an ``n``-row env of the spec's task."""
+        s = self.spec
+        if s.task == "reasoning":
+            from hasten.envs.reasoning import ReasoningVectorEnv
+            from hasten.rollouts.reasoning import ReasoningPool
+
+            return ReasoningPool(ReasoningVectorEnv(num_envs=n, reasoner=self.generator, budget=s.budget,
+                                                    rewards=self.reward, group_size=s.group_size,
+                                                    full_chains=self.references))
+        from hasten.envs.denoising import DenoisingVectorEnv
+        from hasten.rollouts.inprocess import InProcessPool
+
+        return InProcessPool(DenoisingVectorEnv(num_envs=n, generator=self.generator, num_steps=s.num_steps,
+                                                guidance=s.guidance, budget=s.budget, rewards=self.reward,
+                                                references=self.references, cost_unit=s.cost_unit,
+                                                time_table=s.time_table))
 
 
 class RayPool:
@@ -120,7 +146,9 @@ class RayPool:
         group_size: rows per group; shards hold whole groups.
         reward: the controller's reward composite (its state is sent with the weights).
         references: the controller's reference cache (known references travel with each shard;
-            the ones an actor computes come back in the batch and are added to it).
+            the ones an actor computes come back in the batch and are added to it): a
+            :class:`~hasten.envs.references.ReferenceCache` of full-compute images, or for the
+            reasoning task the :class:`~hasten.envs.reasoning.FullChains` of the problems.
 
     ``on_dispatch(pool)``, when set, is called once per ``collect`` right after the first shards
     were sent (a hook for monitoring, and for the tests that kill an actor mid-iteration).
@@ -195,7 +223,7 @@ class RayPool:
                     idle.append(slot)
         batch = TrajectoryBatch.concatenate([results[i] for i in range(len(shards))])
         if self.references is not None:
-            self.references.add(batch.conditions, batch.seeds, torch.from_numpy(batch.references))
+            self.references.add(batch.conditions, batch.seeds, batch.references)
         wall = time.perf_counter() - start
         busy = sum(part["busy_s"] for part in batch.extra["parts"])
         alive = sum(w is not None for w in self.workers)

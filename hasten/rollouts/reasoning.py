@@ -52,7 +52,8 @@ class ReasoningPool:
                 done_now = ~np.isnan(column)
                 target[done_now] = column[done_now]
         active = np.stack(all_active)
-        full = env.full_chains.get(env.conditions, env.seeds)
+        table = env.full_chains.table(env.conditions, env.seeds)
+        full = {"think_tokens": table[:, 0].astype(np.int64), "correct": table[:, 2].astype(bool)}
         think = env.decoder.think_tokens.copy()
         fraction = think / np.maximum(full["think_tokens"], 1)
         empty = np.zeros((n, 0), dtype=np.float32)
@@ -62,7 +63,7 @@ class ReasoningPool:
             logp=np.where(active, np.stack(all_logp), 0).astype(np.float32), active=active,
             rewards=rewards, terms=terms, flops_fraction=fraction, cost_fraction=fraction,
             conditions=env.conditions.copy(), seeds=env.seeds.copy(), budgets=env.budgets.copy(),
-            images=empty, references=empty, decisions=decisions,
+            images=empty, references=table, decisions=decisions,
             extra={"correct": env.correct.copy(), "think_tokens": think, "full_tokens": full["think_tokens"],
                    "full_correct": full["correct"], "steps": env.decoder.steps.copy(),
                    "answer_tokens": env.decoder.answer_tokens.copy(),

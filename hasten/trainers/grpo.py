@@ -167,12 +167,9 @@ class GRPOTrainer:
         from hasten.envs.reasoning import ReasoningVectorEnv
         from hasten.generators.reasoner import load_reasoner
         from hasten.policies.cot import CoTLengthHead, cot_policy_config
-        from hasten.rollouts import ReasoningPool
+        from hasten.rollouts import RayPool, ReasoningPool, RolloutSpec
 
         c, g = self.config, self.config.grpo
-        if c.rollouts.backend != "inprocess":
-            raise HastenError(f"rollouts.backend={c.rollouts.backend!r}: the reasoning env runs in-process "
-                              "(one KV-cached batch); set rollouts.backend: inprocess")
         for name in ("discriminator", "fidelity", "cost"):
             if name in self.reward.terms:
                 raise HastenError(f"rewards.{name}: a denoising term; a reasoning experiment uses correctness "
@@ -186,7 +183,14 @@ class GRPOTrainer:
         self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=g.lr, weight_decay=g.weight_decay)
         self.env = ReasoningVectorEnv(num_envs=g.groups_per_iteration * g.group_size, reasoner=self.generator,
                                       budget=c.budget, rewards=self.reward, group_size=g.group_size)
-        self.pool = ReasoningPool(self.env)
+        if c.rollouts.backend == "ray":
+            spec = RolloutSpec(task="reasoning", generator=_local_path(c.generator), num_steps=self.num_steps,
+                               guidance=0.0, budget=c.budget, rewards=c.rewards, cost_unit=c.cost_unit,
+                               time_table=None, policy=to_dict(self.policy.config), threads=c.rollouts.threads,
+                               generator_options=_worker_options(c.generator_options), group_size=g.group_size)
+            self.pool = RayPool(spec, c.rollouts, g.group_size, reward=self.reward, references=self.env.full_chains)
+        else:
+            self.pool = ReasoningPool(self.env)
         rng = np.random.default_rng(c.seed)
         conditions = self.generator.conditions
         self.pairs = np.stack([np.asarray(conditions)[np.arange(c.train_pairs) % len(conditions)],
@@ -422,10 +426,11 @@ def _local_path(path: str) -> str:
 
 
 def _worker_options(options: dict) -> dict:
-    """Generator options for Ray actors, with a relative ``prompts_file`` made absolute."""
+    """Generator options for Ray actors, with a relative ``prompts_file`` / ``problems_file`` made absolute."""
     options = dict(options)
-    if options.get("prompts_file"):
-        options["prompts_file"] = _local_path(options["prompts_file"])
+    for name in ("prompts_file", "problems_file"):
+        if options.get(name):
+            options[name] = _local_path(options[name])
     return options
 
 

@@ -176,4 +176,6 @@ def test_embedded_generator_knobs_off_and_mixed_rows():
     batch, _ = gen.sample(conds, seeds, num_steps=8, decisions=decisions)
     for i in range(3):
         alone, _ = gen.sample(conds[i:i + 1], seeds[i:i + 1], num_steps=8, decisions=decisions[i:i + 1])
-        assert (batch[i] - alone[0]).abs().max() <= 1e-5
+        # a batch of 3 and one of 1 round differently (~2e-5 over 8 steps on images in [-1, 1]);
+        # rows leaking into each other would differ by ~1e-1
+        assert (batch[i] - alone[0]).abs().max() <= 1e-4

@@ -56,6 +56,12 @@ def _load(reasoner):
     return reasoner
 
 
+def chain_table(full: dict[str, np.ndarray]) -> np.ndarray:
+    """(N, 3) float32 rows (reasoning tokens, lines, correct) of :meth:`FullChains.get`'s result:
+    what a rollout batch carries as its ``references``."""
+    return np.stack([full["think_tokens"], full["steps"], full["correct"]], axis=1).astype(np.float32)
+
+
 class FullChains:
     """The frozen model's full chain of each problem (its reasoning tokens, steps and correctness),
     computed once per (condition, seed) and kept: the reference of the length terms and metrics."""
@@ -81,12 +87,6 @@ class FullChains:
                 "steps": np.array([r[1] for r in rows], dtype=np.int64),
                 "correct": np.array([r[2] for r in rows], dtype=bool)}
 
-    def table(self, conditions, seeds) -> np.ndarray:
-        """(N, 3) float32 rows (reasoning tokens, lines, correct) of the full chains: what a rollout
-        batch carries as its ``references``."""
-        full = self.get(conditions, seeds)
-        return np.stack([full["think_tokens"], full["steps"], full["correct"]], axis=1).astype(np.float32)
-
     def known(self, conditions, seeds) -> dict[tuple[int, int], tuple[int, int, bool]]:
         """The full chains already held for these rows (what a Ray pool ships with a shard)."""
         keys = {(int(c), int(s)) for c, s in zip(conditions, seeds)}
@@ -98,7 +98,7 @@ class FullChains:
             self.known_chains.setdefault(key, row)
 
     def add(self, conditions, seeds, table) -> None:
-        """Hold the full chains of a batch's rows (its ``references``, see :meth:`table`)."""
+        """Hold the full chains of a batch's rows (its ``references``, see :func:`chain_table`)."""
         for c, s, (tokens, steps, correct) in zip(conditions, seeds, np.asarray(table)):
             self.known_chains.setdefault((int(c), int(s)), (int(tokens), int(steps), bool(correct)))
 

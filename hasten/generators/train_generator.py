@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -28,6 +27,7 @@ from hasten.checkpoint import load_checkpoint, optimizer_from_flat, optimizer_to
 from hasten.errors import HastenError
 from hasten.generators import shapes_data
 from hasten.generators.flux_pixel import ClassEncoder, ClassEncoderConfig, image_ids, pack, rope_axes, text_ids
+from hasten.generators.schedule import lr_factor, run_progress
 
 logger = logging.getLogger(__name__)
 
@@ -123,21 +123,13 @@ def flow_loss(transformer, encoder, images, labels, sigmas, noise) -> torch.Tens
 
 
 def progress_at(config: GeneratorTrainConfig, step: int, elapsed_s: float) -> float:
-    """Share of the run done: by steps, or by wall-clock when ``max_minutes`` is set, whichever is
-    further (so the run and its learning-rate decay end at the deadline however fast the machine)."""
-    done = step / config.steps
-    if config.max_minutes:
-        done = max(done, elapsed_s / (config.max_minutes * 60))
-    return min(done, 1.0)
+    """Share of the run done (see :func:`hasten.generators.schedule.run_progress`)."""
+    return run_progress(step, config.steps, elapsed_s, config.max_minutes)
 
 
 def _lr_at(config: GeneratorTrainConfig, step: int, elapsed_s: float = 0.0) -> float:
-    if step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
-    warm = config.warmup_steps / config.steps
-    progress = (progress_at(config, step, elapsed_s) - warm) / max(1e-9, 1 - warm)
-    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, max(0.0, progress))))
-    return config.lr * (config.lr_min_ratio + (1 - config.lr_min_ratio) * cosine)
+    return config.lr * lr_factor(step, elapsed_s, config.steps, config.warmup_steps, config.max_minutes,
+                                 floor=config.lr_min_ratio)
 
 
 def _state_tensors(transformer, encoder, ema_t, ema_e, optimizer, gen: torch.Generator):

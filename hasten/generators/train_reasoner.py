@@ -10,7 +10,6 @@ chains cut at a random line followed by the answer. Exported as a reasoner folde
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import asdict, dataclass
 
@@ -18,6 +17,7 @@ import numpy as np
 import torch
 
 from hasten.errors import HastenError
+from hasten.generators.schedule import lr_factor, run_progress
 
 logger = logging.getLogger(__name__)
 
@@ -78,19 +78,9 @@ def train_reasoner(recipe: ReasonerRecipe, out: str, log_dir: str | None = None,
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay,
                                   betas=(0.9, 0.98))
 
-    def progress_at(step, elapsed):
-        """Share of the run done: by steps, or by wall-clock when ``max_minutes`` is set (so the
-        cosine decay ends at the deadline however loaded the machine is)."""
-        done = step / recipe.steps
-        if recipe.max_minutes:
-            done = max(done, elapsed / (recipe.max_minutes * 60))
-        return min(done, 1.0)
-
     def lr_at(step, elapsed):
-        if step < recipe.warmup:
-            return (step + 1) / recipe.warmup
-        warm = recipe.warmup / recipe.steps
-        return 0.5 * (1 + math.cos(math.pi * max(0.0, progress_at(step, elapsed) - warm) / max(1e-9, 1 - warm)))
+        return lr_factor(step, elapsed, recipe.steps, recipe.warmup, recipe.max_minutes)
+
     rng = np.random.default_rng(recipe.seed)
     writer = None
     if log_dir:
@@ -123,7 +113,7 @@ def train_reasoner(recipe: ReasonerRecipe, out: str, log_dir: str | None = None,
         if eval_every and (step + 1) % eval_every == 0:
             logger.info("step %d loss %.4f (%.1f min)", step + 1, np.mean(losses[-eval_every:]),
                         (time.perf_counter() - start) / 60)
-        if progress_at(step + 1, time.perf_counter() - start) >= 1.0:
+        if run_progress(step + 1, recipe.steps, time.perf_counter() - start, recipe.max_minutes) >= 1.0:
             if step + 1 < recipe.steps:
                 logger.info("stopping at step %d: max_minutes=%s reached", step + 1, recipe.max_minutes)
             break

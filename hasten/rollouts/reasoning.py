@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from hasten.envs.reasoning import ReasoningVectorEnv
+from hasten.envs.reasoning import ReasoningVectorEnv, chain_table
 from hasten.rollouts.batch import TrajectoryBatch
 from hasten.rollouts.inprocess import decision_uniforms
 
@@ -52,8 +52,7 @@ class ReasoningPool:
                 done_now = ~np.isnan(column)
                 target[done_now] = column[done_now]
         active = np.stack(all_active)
-        table = env.full_chains.table(env.conditions, env.seeds)
-        full = {"think_tokens": table[:, 0].astype(np.int64), "correct": table[:, 2].astype(bool)}
+        full = env.full_chains.get(env.conditions, env.seeds)
         think = env.decoder.think_tokens.copy()
         fraction = think / np.maximum(full["think_tokens"], 1)
         empty = np.zeros((n, 0), dtype=np.float32)
@@ -63,7 +62,7 @@ class ReasoningPool:
             logp=np.where(active, np.stack(all_logp), 0).astype(np.float32), active=active,
             rewards=rewards, terms=terms, flops_fraction=fraction, cost_fraction=fraction,
             conditions=env.conditions.copy(), seeds=env.seeds.copy(), budgets=env.budgets.copy(),
-            images=empty, references=table, decisions=decisions,
+            images=empty, references=chain_table(full), decisions=decisions,
             extra={"correct": env.correct.copy(), "think_tokens": think, "full_tokens": full["think_tokens"],
                    "full_correct": full["correct"], "steps": env.decoder.steps.copy(),
                    "answer_tokens": env.decoder.answer_tokens.copy(),

@@ -131,10 +131,13 @@ def test_the_policy_cuts_compute_and_changes_the_output(pipes, case):
     assert (stats["decisions"][0] != stats["decisions"][1]).any()
 
 
-def test_skipping_reuses_the_last_velocity_as_the_samplers_jump(pipes):
-    """Skip 1 everywhere: half the model calls, and exactly the Euler loop that jumps two intervals."""
+@pytest.mark.parametrize("forecast", [False, True])
+def test_skipping_reuses_the_last_velocity_as_the_samplers_jump(pipes, forecast):
+    """Skip 1 everywhere: half the model calls, and exactly the Euler loop that jumps two intervals
+    (with ``skip_forecast``: the skipped interval's velocity extrapolated from the last two calls)."""
     case, pipe = "flux", pipes["flux"]
-    policy = busy_policy(case, allowed_levels={"step_skip": [1], "cache_reuse": [0], "sparse_attention": [0]})
+    policy = busy_policy(case, allowed_levels={"step_skip": [1], "cache_reuse": [0], "sparse_attention": [0]},
+                         skip_forecast=forecast)
     first_block = pipe.transformer.transformer_blocks[0]
     calls = []
     handle = first_block.register_forward_pre_hook(lambda m, a: calls.append(1))
@@ -148,19 +151,25 @@ def test_skipping_reuses_the_last_velocity_as_the_samplers_jump(pipes):
     assert acc.stats["model_calls"].tolist() == [STEPS // 2] * 2
     np.testing.assert_allclose(acc.stats["flops_fraction"], 0.5)
 
-    # the jump, written out: x <- x + (s[j+2] - s[j]) * v(x, s[j]) on the pipeline's own schedule
+    # the jump, written out: x <- x + (s[j+2] - s[j]) * v(x, s[j]) on the pipeline's own schedule, or
+    # with the forecast x <- x + (s[j+1] - s[j]) * v + (s[j+2] - s[j+1]) * (v + (s[j+1] - s[j]) * slope)
     kwargs = call_kwargs(case)
     g = kwargs["generator"]
     latents, image_ids = pipe.prepare_latents(2, 4, SIZE, SIZE, torch.float32, "cpu", g)
     sigmas = np.linspace(1.0, 1 / STEPS, STEPS).tolist() + [0.0]
-    x = latents
+    x, before = latents, None
     with torch.no_grad():
         for j in range(0, STEPS, 2):
             v = pipe.transformer(hidden_states=x, timestep=torch.full((2,), sigmas[j]),
                                  encoder_hidden_states=kwargs["prompt_embeds"],
                                  pooled_projections=kwargs["pooled_prompt_embeds"], txt_ids=torch.zeros(TEXT_TOKENS, 3),
                                  img_ids=image_ids, return_dict=False)[0]
-            x = x + (sigmas[min(j + 2, STEPS)] - sigmas[j]) * v
+            if not forecast:
+                x = x + (sigmas[min(j + 2, STEPS)] - sigmas[j]) * v
+                continue
+            slope = torch.zeros_like(v) if before is None else (v - before) / (sigmas[j] - sigmas[j - 2])
+            x = x + (sigmas[j + 1] - sigmas[j]) * v + (sigmas[j + 2] - sigmas[j + 1]) * (v + (sigmas[j + 1] - sigmas[j]) * slope)
+            before = v
     assert (out - x).abs().max() <= 1e-5
 
 

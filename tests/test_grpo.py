@@ -57,6 +57,16 @@ def test_two_iterations_change_every_head_parameter_and_move_the_loss(tiny_gener
     assert trainer.discriminator is not None and len(disc_before) > 0
 
 
+def test_skip_forecast_reaches_the_env_and_is_saved_with_the_policy(tiny_generator_dir, tmp_path):
+    from hasten.policies import Policy
+
+    trainer = GRPOTrainer(_config(tiny_generator_dir, "skip_forecast=true", "grpo.iterations=1"), str(tmp_path / "run"))
+    assert trainer.env.skip_forecast and trainer.policy.config.skip_forecast
+    trainer.train()
+    assert trainer.env.rollout.skip_forecast
+    assert Policy.from_pretrained(str(tmp_path / "run" / "policy")).config.skip_forecast
+
+
 def _metrics(run):
     with open(os.path.join(run, "metrics.jsonl")) as f:
         return [json.loads(line) for line in f]

@@ -19,9 +19,10 @@ images that compute, with their cache and sparsity levels, through the transform
 
 - Step-Skip inside a pipeline: the pipeline's scheduler still visits every timestep, so an image
   that skips ``k`` intervals gets, at the next ``k`` steps, its last model output again instead of
-  a model call (no compute, FLOPs 0). With the Euler update of flow-matching schedulers, reusing
-  the velocity for ``k`` more intervals is exactly the sampler's jump of ``1 + k`` intervals with
-  the current velocity, so a policy acts as it did in training.
+  a model call (no compute, FLOPs 0), or, for a policy trained with ``skip_forecast``, that output
+  extrapolated to the step's noise level from its last two calls. With the Euler update of
+  flow-matching schedulers this is exactly hasten's sampler's jump of ``1 + k`` intervals, so a
+  policy acts as it did in training.
 - Classifier-free guidance: both branches of an image share its decisions. StableDiffusion3Pipeline
   batches them as [uncond, cond] rows of one call; FluxPipeline's true CFG (``true_cfg_scale > 1``)
   calls the transformer twice per step, conditional first; FLUX.1-dev's embedded guidance is an input
@@ -65,7 +66,7 @@ import torch
 from diffusers.hooks import ModelHook
 
 from hasten.errors import HastenError
-from hasten.generators.adapter import DiTGenerator, RowState
+from hasten.generators.adapter import DiTGenerator, OutputForecast, RowState
 from hasten.generators.cost import StepCost, time_spent
 from hasten.generators.families import DiTFamily, family_of
 from hasten.generators.knobs import (KNOBS, SPARSE_ATTENTION, KnobState, RowCache, attach_knobs, detach_knobs,
@@ -235,12 +236,15 @@ class _GeneratorPlugin:
         self.had_knobs = gen._knobs is not None
         original = gen.sample
         steps = self.acceleration.policy.config.num_steps or None
+        forecast = self.acceleration.policy.config.skip_forecast
 
         @functools.wraps(original)
         def sample(conditions, seeds, num_steps=None, guidance=None, decisions=None, **kwargs):
+            if decisions is None:  # the policy's decisions, with the sampler it was trained with
+                decisions = self.decide
+                kwargs.setdefault("skip_forecast", forecast)
             images, stats = original(conditions, seeds, num_steps=steps if num_steps is None else num_steps,
-                                     guidance=guidance, decisions=self.decide if decisions is None else decisions,
-                                     **kwargs)
+                                     guidance=guidance, decisions=decisions, **kwargs)
             self.acceleration._records.append(stats)
             return images, stats
 
@@ -290,13 +294,16 @@ class _Run:
         self.images, self.doubled = images, doubled
         self.rows = RowState(images, len(sigmas) - 1, sigmas, cfg=doubled, seeds=seeds)
         self.branch_caches: dict[int, RowCache] = {}  # residual caches of sequential branches 1, 2, ...
-        self.outputs: dict[int, torch.Tensor] = {}  # last model output of each branch, (rows of the call, ...)
+        self.outputs: dict[int, OutputForecast] = {}  # each branch's last model outputs, by row of the call
         self.step: _Step | None = None
 
     def cache(self, branch: int) -> RowCache:
         if branch == 0 or self.doubled:
             return self.rows.cache
         return self.branch_caches.setdefault(branch, RowCache(self.images))
+
+    def branch_outputs(self, branch: int, batch: int) -> OutputForecast:
+        return self.outputs.setdefault(branch, OutputForecast(batch))
 
     def release(self) -> None:
         """Drop what only the running call needs (last outputs, cached residuals); the stats stay."""
@@ -359,10 +366,12 @@ class _PipelinePlugin:
         # cache rows: the conditional branch first (rows 0..n-1), as in hasten's sampler
         ids = (torch.arange(batch) + n) % batch if run.doubled else torch.arange(batch)
         computing = step.due[image].nonzero().squeeze(1)
+        outputs, every = run.branch_outputs(branch, batch), torch.arange(batch)
+        sigma, first_order = run.rows.sigmas[position], self.acceleration.policy.config.skip_forecast
+        if computing.numel() < batch and not bool(outputs.seen[step.due[image].logical_not()].all()):
+            raise HastenError("hasten.accelerate: an image skips a step before its first model call")
         if computing.numel() == 0:
-            if branch not in run.outputs:
-                raise HastenError("hasten.accelerate: an image skips a step before its first model call")
-            return self._wrap(run.outputs[branch].clone(), kwargs)
+            return self._wrap(outputs.at(every, sigma, first_order), kwargs)
 
         images = image[computing]
         effective = self.state.set_call(run.cache(branch), ids[computing], step.cache[images], step.keep[images])
@@ -372,14 +381,12 @@ class _PipelinePlugin:
         finally:
             self.state.clear_call()
         sample = output[0] if isinstance(output, tuple) else getattr(output, "sample", output)
-        if computing.numel() < batch:
-            if branch not in run.outputs:
-                raise HastenError("hasten.accelerate: an image skips a step before its first model call")
-            full = run.outputs[branch].clone()
+        if computing.numel() < batch:  # the skipping images: their forecast (or last) output
+            full = outputs.at(every, sigma, first_order)
             full[computing.to(full.device)] = sample
         else:
             full = sample
-        run.outputs[branch] = full.detach()
+        outputs.update(computing, sigma, sample)
 
         if branch == 0:  # book the images' call once, from their conditional rows
             cond = computing >= n if run.doubled else torch.ones_like(computing, dtype=torch.bool)

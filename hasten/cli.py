@@ -189,7 +189,7 @@ def _sample_with_policy(args, generator, classes, conditions, seeds) -> int:
                                         batch_size=args.batch_size, progress=not args.quiet)
     fast, stats = generator.sample(conditions, seeds, num_steps=steps, guidance=args.guidance,
                                    decisions=policy.decide(args.budget), batch_size=args.batch_size,
-                                   skip_forecast=policy.config.skip_forecast,
+                                   forecast=policy.config.forecast,
                                    progress=not args.quiet)
     n = args.n
     rows, labels = [], []

@@ -97,11 +97,11 @@ def _hasten_version() -> str:
     return __version__
 
 
-def _own(generator, family_key, setting, steps, decisions=None, reference_steps=None, skip_forecast=False,
+def _own(generator, family_key, setting, steps, decisions=None, reference_steps=None, forecast=False,
          **options) -> Method:
     def sample(conditions, seeds, batch_size):
         images, stats = generator.sample(list(conditions), list(seeds), num_steps=steps, decisions=decisions,
-                                         batch_size=batch_size, skip_forecast=skip_forecast)
+                                         batch_size=batch_size, forecast=forecast)
         # hasten's analytic count (relative to its own schedule length), a cross-check of the counted FLOPs
         return images, {"flops_fraction_analytic": float(stats["flops_fraction"].mean()) * steps / (reference_steps or steps)}
 
@@ -307,7 +307,7 @@ def compare(generator, policy=None, classifier=None, budgets: Sequence[float] = 
             plan += [_peer_method(generator, peer, steps) for peer in settings]
     if "learned policy" in families:
         plan += [_own(generator, "policy", f"budget={b}", steps, decisions=policy.decide(b),
-                      skip_forecast=policy.config.skip_forecast, budget=b) for b in budgets]
+                      forecast=policy.config.forecast, budget=b) for b in budgets]
     mag = None
     if "MagCache" in families:  # diffusers' own calibration mode, on training-range pairs
         mag = {"seeds": calibration[1], "classes": calibration[0],
@@ -348,7 +348,7 @@ def compare(generator, policy=None, classifier=None, budgets: Sequence[float] = 
             learned = next(r for r in rows if r["kind"] == "policy" and r["options"]["budget"] == b)
             blind, info = random_policy(policy, generator, learned["flops_fraction"], steps, seeds, b)
             method = _own(generator, "random", f"matched to budget={b}", steps, decisions=blind.decide(b),
-                          skip_forecast=policy.config.skip_forecast, matched_to_budget=b, target_flops_fraction=learned["flops_fraction"])
+                          forecast=policy.config.forecast, matched_to_budget=b, target_flops_fraction=learned["flops_fraction"])
             random_info[f"budget={b}"] = info
             plan.append(method)
             rows.append(measure(method))

@@ -134,10 +134,10 @@ def test_the_policy_cuts_compute_and_changes_the_output(pipes, case):
 @pytest.mark.parametrize("forecast", [False, True])
 def test_skipping_reuses_the_last_velocity_as_the_samplers_jump(pipes, forecast):
     """Skip 1 everywhere: half the model calls, and exactly the Euler loop that jumps two intervals
-    (with ``skip_forecast``: the skipped interval's velocity extrapolated from the last two calls)."""
+    (with ``forecast``: the skipped interval's velocity extrapolated from the last two calls)."""
     case, pipe = "flux", pipes["flux"]
     policy = busy_policy(case, allowed_levels={"step_skip": [1], "cache_reuse": [0], "sparse_attention": [0]},
-                         skip_forecast=forecast)
+                         forecast=forecast)
     first_block = pipe.transformer.transformer_blocks[0]
     calls = []
     handle = first_block.register_forward_pre_hook(lambda m, a: calls.append(1))
@@ -178,9 +178,9 @@ def test_both_guidance_branches_share_each_images_decisions(pipes, case, monkeyp
     calls = []
     original = KnobState.set_call
 
-    def spy(self, cache, row_ids, cache_levels, keep):
+    def spy(self, cache, row_ids, cache_levels, keep, sigma=0.0):
         calls.append((id(cache), row_ids.tolist(), cache_levels.tolist(), keep.tolist()))
-        return original(self, cache, row_ids, cache_levels, keep)
+        return original(self, cache, row_ids, cache_levels, keep, sigma)
 
     monkeypatch.setattr(KnobState, "set_call", spy)
     pipe, n = pipes[case], 2
@@ -204,13 +204,26 @@ def test_both_guidance_branches_share_each_images_decisions(pipes, case, monkeyp
 
 
 @pytest.mark.parametrize("case", ["flux-true-cfg", "sd3"])
-def test_an_image_gets_the_same_decisions_and_output_in_any_batch(pipes, case):
+def test_a_forecasting_policy_extrapolates_the_reused_residuals(pipes, case):
+    """No step is skipped: what differs with ``forecast`` is the residual the reusing calls add."""
+    pipe, out = pipes[case], {}
+    for forecast in (False, True):
+        policy = busy_policy(case, allowed_levels={"step_skip": [0]}, forecast=forecast)
+        with hasten.accelerate(pipe, policy, budget=0.4) as acc:
+            out[forecast] = run(pipe, case)
+        assert (acc.stats["decisions"][..., 1] > 0).any()
+    assert (out[True] - out[False]).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("forecast", [False, True])
+@pytest.mark.parametrize("case", ["flux-true-cfg", "sd3"])
+def test_an_image_gets_the_same_decisions_and_output_in_any_batch(pipes, case, forecast):
     pipe = pipes[case]
     kwargs = call_kwargs(case, n=3)
     shape = (3, 64, 16) if case != "sd3" else (3, 4, 16, 16)
     latents = torch.randn(shape, generator=torch.Generator().manual_seed(7))
     batch_kwargs = {**kwargs, "latents": latents}
-    policy = busy_policy(case)
+    policy = busy_policy(case, forecast=forecast)
     with hasten.accelerate(pipe, policy, budget=0.4, seeds=[10, 11, 12]) as acc:
         batch = pipe(**batch_kwargs).images
     batch_stats = acc.stats

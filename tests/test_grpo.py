@@ -57,14 +57,14 @@ def test_two_iterations_change_every_head_parameter_and_move_the_loss(tiny_gener
     assert trainer.discriminator is not None and len(disc_before) > 0
 
 
-def test_skip_forecast_reaches_the_env_and_is_saved_with_the_policy(tiny_generator_dir, tmp_path):
+def test_forecast_reaches_the_env_and_is_saved_with_the_policy(tiny_generator_dir, tmp_path):
     from hasten.policies import Policy
 
-    trainer = GRPOTrainer(_config(tiny_generator_dir, "skip_forecast=true", "grpo.iterations=1"), str(tmp_path / "run"))
-    assert trainer.env.skip_forecast and trainer.policy.config.skip_forecast
+    trainer = GRPOTrainer(_config(tiny_generator_dir, "forecast=true", "grpo.iterations=1"), str(tmp_path / "run"))
+    assert trainer.env.forecast and trainer.policy.config.forecast
     trainer.train()
-    assert trainer.env.rollout.skip_forecast
-    assert Policy.from_pretrained(str(tmp_path / "run" / "policy")).config.skip_forecast
+    assert trainer.env.rollout.forecast
+    assert Policy.from_pretrained(str(tmp_path / "run" / "policy")).config.forecast
 
 
 def _metrics(run):

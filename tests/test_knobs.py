@@ -181,12 +181,12 @@ def test_embedded_generator_knobs_off_and_mixed_rows():
         assert (batch[i] - alone[0]).abs().max() <= 1e-4
 
 
-# ------------------------------------------------------------------------------ skip_forecast
-def test_skip_forecast_steps_through_skipped_intervals_with_the_extrapolated_velocity(generator):
+# ------------------------------------------------------------------------------ forecast
+def test_forecast_steps_through_skipped_intervals_with_the_extrapolated_velocity(generator):
     """Skip 1 everywhere, written out: the row computes v at even positions and steps through the
     odd ones with v + (s[j+1] - s[j]) * (v - v_before) / (s[j] - s[j-2])."""
     steps = 8
-    out, stats = generator.sample(CONDS[:2], SEEDS[:2], num_steps=steps, decisions=[1, 0, 0], skip_forecast=True)
+    out, stats = generator.sample(CONDS[:2], SEEDS[:2], num_steps=steps, decisions=[1, 0, 0], forecast=True)
     assert stats["model_calls"].tolist() == [steps // 2] * 2
     sigmas = generator.make_scheduler(steps).sigmas.cpu().double()
     x, labels = generator.noise(SEEDS[:2]), generator.encode(CONDS[:2])
@@ -200,24 +200,28 @@ def test_skip_forecast_steps_through_skipped_intervals_with_the_extrapolated_vel
     assert (out - x.clamp(-1, 1)).abs().max() <= 1e-4
 
 
-def test_skip_forecast_changes_only_skipping_rows_and_stays_per_row(generator):
-    reference, _ = generator.sample(CONDS, SEEDS)
-    no_skip = random_decisions(len(SEEDS), generator.default_steps, seed=1)
-    no_skip[..., 0] = 0
-    plain, _ = generator.sample(CONDS, SEEDS, decisions=no_skip)
-    forecast, _ = generator.sample(CONDS, SEEDS, decisions=no_skip, skip_forecast=True)
-    assert (plain - forecast).abs().max() <= 1e-6  # nothing is skipped: nothing is forecast
+def test_forecast_changes_only_skipping_or_reusing_rows_and_stays_per_row(generator):
+    computing = random_decisions(len(SEEDS), generator.default_steps, seed=1)
+    computing[..., :2] = 0  # sparse attention only: nothing is skipped or reused, nothing forecast
+    plain, _ = generator.sample(CONDS, SEEDS, decisions=computing)
+    forecast, _ = generator.sample(CONDS, SEEDS, decisions=computing, forecast=True)
+    assert (plain - forecast).abs().max() <= 1e-6
+    reusing = computing.copy()
+    reusing[:, 3::2, 1] = 2  # full computations in between: the residual has a slope
+    plain, _ = generator.sample(CONDS, SEEDS, decisions=reusing)
+    forecast, _ = generator.sample(CONDS, SEEDS, decisions=reusing, forecast=True)
+    assert (plain - forecast).abs().max() > 1e-4  # the reused residuals are extrapolated
     decisions = random_decisions(len(SEEDS), generator.default_steps, seed=2)
-    batch, _ = generator.sample(CONDS, SEEDS, decisions=decisions, skip_forecast=True)
+    batch, _ = generator.sample(CONDS, SEEDS, decisions=decisions, forecast=True)
     reused, _ = generator.sample(CONDS, SEEDS, decisions=decisions)
     assert (batch - reused).abs().max() > 1e-4
     for i in (0, 3):
-        alone, _ = generator.sample(CONDS[i:i + 1], SEEDS[i:i + 1], decisions=decisions[i:i + 1], skip_forecast=True)
+        alone, _ = generator.sample(CONDS[i:i + 1], SEEDS[i:i + 1], decisions=decisions[i:i + 1], forecast=True)
         assert (batch[i] - alone[0]).abs().max() <= 1e-5, f"row {i}"
 
 
 @pytest.mark.skipif(not embedded_available(), reason="embedded generator not shipped in this checkout")
-def test_skip_forecast_is_closer_to_full_compute_on_the_embedded_generator():
+def test_forecast_is_closer_to_full_compute_on_the_embedded_generator():
     """The point of the forecast: at the same model calls, closer to the 28-step sample (measured:
     skip 1 everywhere on 32 held-out pairs, 31.9 dB reusing the velocity, 35.5 dB forecasting it)."""
     from hasten.generators import load_generator
@@ -227,5 +231,26 @@ def test_skip_forecast_is_closer_to_full_compute_on_the_embedded_generator():
     conds, seeds = [0, 5, 10, 15], [1000000, 1000001, 1000002, 1000003]
     reference, _ = gen.sample(conds, seeds)
     reused, _ = gen.sample(conds, seeds, decisions=[1, 0, 0])
-    forecast, _ = gen.sample(conds, seeds, decisions=[1, 0, 0], skip_forecast=True)
+    forecast, _ = gen.sample(conds, seeds, decisions=[1, 0, 0], forecast=True)
     assert float(psnr(forecast, reference).mean()) > float(psnr(reused, reference).mean()) + 1.5
+    # cache reuse every other step (measured on 32 pairs: 34.2 dB reusing the residual, 37.3 forecasting it)
+    alternate = np.zeros((len(seeds), 28, 3), dtype=np.int64)
+    alternate[:, 3::2, 1] = 2
+    reused, _ = gen.sample(conds, seeds, decisions=alternate)
+    forecast, _ = gen.sample(conds, seeds, decisions=alternate, forecast=True)
+    assert float(psnr(forecast, reference).mean()) > float(psnr(reused, reference).mean()) + 1.5
+
+
+def test_the_residual_cache_forecasts_to_first_order_in_sigma():
+    from hasten.generators.knobs import RowCache
+
+    ids = torch.tensor([0, 2])
+    for forecast in (False, True):
+        cache = RowCache(3, forecast=forecast)
+        cache.store(1, ids, torch.tensor([[1.0], [4.0]]), torch.tensor([1.0, 1.0]))
+        cache.store(1, ids, torch.tensor([[2.0], [2.0]]), torch.tensor([0.5, 0.5]))
+        got = cache.residual(1, ids, torch.tensor([0.25, 0.0]))
+        expected = [[2.5], [0.0]] if forecast else [[2.0], [2.0]]  # slopes -2 and 4 per unit sigma
+        torch.testing.assert_close(got, torch.tensor(expected))
+    cache.store(1, torch.tensor([1]), torch.tensor([[7.0]]), torch.tensor([0.5]))  # one computation: no slope
+    torch.testing.assert_close(cache.residual(1, torch.tensor([1]), torch.tensor([0.1])), torch.tensor([[7.0]]))

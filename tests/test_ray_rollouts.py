@@ -51,8 +51,8 @@ def _train(config, run_dir, before_train=None):
 
 @pytest.fixture(scope="module")
 def inprocess_run(tiny_generator_dir, tmp_path_factory):
-    # skip_forecast: the actors must run the sampler the controller runs (the trajectories would differ)
-    return _train(_config(tiny_generator_dir, "skip_forecast=true"), str(tmp_path_factory.mktemp("inprocess") / "run"))
+    # forecast: the actors must run the sampler the controller runs (the trajectories would differ)
+    return _train(_config(tiny_generator_dir, "forecast=true"), str(tmp_path_factory.mktemp("inprocess") / "run"))
 
 
 def _assert_same_trajectories(expected: TrajectoryBatch, got: TrajectoryBatch):
@@ -78,7 +78,7 @@ def test_unreachable_address_fails_before_any_work(tiny_generator_dir, tmp_path)
 def test_ray_pool_gives_the_inprocess_trajectories_and_policy(ray_cluster, inprocess_run, tiny_generator_dir,
                                                               tmp_path):
     trainer, batches, metrics = _train(_config(tiny_generator_dir, "rollouts.backend=ray", "rollouts.num_workers=2",
-                                               "skip_forecast=true"), str(tmp_path / "run"))
+                                               "forecast=true"), str(tmp_path / "run"))
     ref_trainer, ref_batches, _ = inprocess_run
     assert len(batches) == len(ref_batches) == ITERATIONS
     for expected, got in zip(ref_batches, batches):
@@ -102,7 +102,7 @@ def test_a_worker_killed_mid_iteration_changes_nothing(ray_cluster, inprocess_ru
             kills.append(pool.pids[0])
 
     trainer, batches, metrics = _train(
-        _config(tiny_generator_dir, "rollouts.backend=ray", "rollouts.num_workers=2", "skip_forecast=true"),
+        _config(tiny_generator_dir, "rollouts.backend=ray", "rollouts.num_workers=2", "forecast=true"),
         str(tmp_path / "run"),
         before_train=lambda t: setattr(t.pool, "on_dispatch", kill_during_iteration_two))
     assert kills, "the kill hook never ran"

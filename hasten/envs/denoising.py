@@ -79,9 +79,11 @@ class DenoisingVectorEnv(VectorEnv):
     - ``cost_unit``: ``"flops"`` (analytic) or ``"time"`` (measured time per knob level,
       ``time_table`` (3, 3) by (cache, sparse) level, measured at batch 1 when not given): the unit
       of the cost-spent observation, the budget and the cost term.
-    - ``skip_forecast``: a row that skips intervals steps through them with its velocity forecast
+    - ``forecast``: a row that skips intervals steps through them with its velocity forecast
       at their noise levels (first order from its last two model calls, as TaylorSeer forecasts a
-      model's output) instead of its current velocity; no extra model call, no counted FLOPs.
+      model's output) instead of its current velocity, and a row that reuses cached residuals
+      adds them forecast to the call's noise level from its last two full computations; no extra
+      model call, no counted FLOPs.
 
     ``reset`` options: ``conditions`` and ``seeds`` (one class and noise seed per row; drawn from
     ``np_random`` when absent), ``budget`` (a number or one per row), ``reset_mask``.
@@ -92,7 +94,7 @@ class DenoisingVectorEnv(VectorEnv):
     def __init__(self, num_envs: int = 8, generator="embedded:shapes", num_steps: int | None = None,
                  guidance: float | None = None, budget: float = 0.4, budget_range=None, rewards=None,
                  reference_dir: str | None = None, references: ReferenceCache | None = None,
-                 cost_unit: str = "flops", time_table=None, skip_forecast: bool = False):
+                 cost_unit: str = "flops", time_table=None, forecast: bool = False):
         if num_envs < 1:
             raise HastenError(f"num_envs={num_envs}: expected an integer >= 1")
         self.generator = _load(generator)
@@ -107,7 +109,7 @@ class DenoisingVectorEnv(VectorEnv):
         if cost_unit not in ("flops", "time"):
             raise HastenError(f"cost_unit={cost_unit!r}: expected 'flops' or 'time'")
         self.cost_unit = cost_unit
-        self.skip_forecast = bool(skip_forecast)
+        self.forecast = bool(forecast)
         self.time_table = None
         if cost_unit == "time":
             from hasten.generators.cost import measure_time_fractions
@@ -150,7 +152,7 @@ class DenoisingVectorEnv(VectorEnv):
         seeds = np.asarray(seeds, dtype=np.int64)
         if self.rollout is None or rows.size == self.num_envs:
             self.rollout = self.generator.start(labels, seeds.tolist(), self.num_steps, self.guidance,
-                                                skip_forecast=self.skip_forecast)
+                                                forecast=self.forecast)
         else:
             self.rollout.reset_rows(torch.from_numpy(rows), labels[rows], self.generator.noise(seeds[rows].tolist()),
                                     seeds[rows])

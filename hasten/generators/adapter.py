@@ -33,7 +33,8 @@ from hasten.errors import HastenError
 from hasten.generators.cost import StepCost
 from hasten.generators.families import family_of
 from hasten.generators.flux_pixel import ClassEncoder
-from hasten.generators.knobs import KNOBS, SPARSE_ATTENTION, KnobState, attach_knobs, detach_knobs, validate_decisions
+from hasten.generators.knobs import (KNOBS, SPARSE_ATTENTION, KnobState, OutputForecast, attach_knobs, detach_knobs,
+                                     validate_decisions)
 
 logger = logging.getLogger(__name__)
 
@@ -156,7 +157,7 @@ class DiTGenerator:
     @torch.no_grad()
     def sample(self, conditions: Sequence[str | int], seeds: Sequence[int], num_steps: int | None = None,
                guidance: float | None = None, decisions=None, batch_size: int = 64, progress: bool = False,
-               skip_forecast: bool = False):
+               forecast: bool = False):
         """Sample one image per (condition, seed): full compute, or per-row knob decisions.
 
         Args:
@@ -170,7 +171,7 @@ class DiTGenerator:
                 ``decide(rollout) -> (B, 3)`` asked before every step of a batch of rows.
             batch_size: rows per model call.
             progress: show a progress bar over batches.
-            skip_forecast: step-skip forecasts the velocity of the intervals it jumps (see :meth:`start`).
+            forecast: skipped intervals and reused residuals are forecast to their noise level (see :meth:`start`).
 
         Returns:
             (images (N, C, H, W) float32 in [-1, 1], stats) where stats holds per-row
@@ -197,7 +198,7 @@ class DiTGenerator:
             if decisions is None:
                 images.append(self._reference_batch(labels[rows], self.noise(seeds[rows]), num_steps, guidance))
                 continue
-            rollout = self.start(labels[rows], seeds[rows], num_steps, guidance, skip_forecast)
+            rollout = self.start(labels[rows], seeds[rows], num_steps, guidance, forecast)
             while not rollout.done.all():
                 if callable(decisions):
                     step_decisions = decisions(rollout)
@@ -260,12 +261,14 @@ class DiTGenerator:
 
     @torch.no_grad()
     def start(self, conditions, seeds: Sequence[int], num_steps: int | None = None,
-              guidance: float | None = None, skip_forecast: bool = False) -> "Rollout":
+              guidance: float | None = None, forecast: bool = False) -> "Rollout":
         """Begin a knob-driven rollout of a batch of rows at pure noise (schedule position 0).
 
-        ``skip_forecast``: intervals jumped by step-skip use the velocity extrapolated to their noise
+        ``forecast``: intervals jumped by step-skip use the velocity extrapolated to their noise
         level from the row's last two model calls (first order, as TaylorSeer forecasts a model's
-        output) instead of the current velocity.
+        output) instead of the current velocity, and cache-reuse adds the cached residual
+        extrapolated to the call's noise level from the row's last two full computations instead
+        of the last one.
         """
         if isinstance(conditions, torch.Tensor):
             labels = conditions.long()
@@ -277,7 +280,7 @@ class DiTGenerator:
         return Rollout(labels=labels, x=self.noise(seeds), num_steps=num_steps, guidance=guidance,
                        timesteps=(scheduler.timesteps / scheduler.config.num_train_timesteps).cpu(),
                        sigmas=scheduler.sigmas.cpu(), cfg=guidance != 1.0 and not self.distilled_guidance,
-                       seeds=seeds, clamp=not self.latent_space, skip_forecast=skip_forecast)
+                       seeds=seeds, clamp=not self.latent_space, forecast=forecast)
 
     @torch.no_grad()
     def step(self, rollout: "Rollout", decisions) -> torch.Tensor:
@@ -299,7 +302,7 @@ class DiTGenerator:
         x = rollout.x[rows]
         dt = (rollout.sigmas[j_next] - rollout.sigmas[j]).to(v.device)
         x = x + dt.view(-1, 1, 1, 1) * v
-        if rollout.skip_forecast:
+        if rollout.forecast:
             # each skipped interval: an Euler step with the velocity forecast at its own noise level
             # (where the reference sampler evaluates the model), first order in sigma from the row's
             # last two calls; as v + (sigma - sigma_j) * slope is linear, the steps sum to one term
@@ -327,7 +330,8 @@ class DiTGenerator:
         ids = torch.cat([rows, rows + b]) if rollout.cfg else rows  # bookkeeping stays on the CPU
         twice = 2 if rollout.cfg else 1
         state = self.attach_knobs()
-        effective = state.set_call(rollout.cache, ids, cache_levels.repeat(twice), keep.repeat(twice))
+        effective = state.set_call(rollout.cache, ids, cache_levels.repeat(twice), keep.repeat(twice),
+                                   rollout.sigmas[position].repeat(twice))
         try:
             v = self.velocity(rollout.x[rows], rollout.timesteps[position].to(self.device), rollout.labels[rows],
                               rollout.guidance)
@@ -355,63 +359,6 @@ OBSERVATION = (
 OBSERVATION_CHANGE_MAX = 10.0
 
 
-class OutputForecast:
-    """Each row's last model output, the noise level it was computed at and its change per unit
-    noise level since the row's call before: what a skipped step uses instead of a model call.
-
-    :meth:`at` extrapolates to first order in the noise level (TaylorSeer's forecast of a model's
-    output, with divided differences in sigma rather than in step counts) or, with
-    ``first_order=False``, returns the last output again (plain reuse).
-
-    Example:
-        >>> f = OutputForecast(1)
-        >>> f.update(torch.tensor([0]), torch.tensor([1.0]), torch.tensor([[2.0]]))
-        >>> f.update(torch.tensor([0]), torch.tensor([0.5]), torch.tensor([[1.0]]))
-        >>> f.at(torch.tensor([0]), torch.tensor([0.25])), f.at(torch.tensor([0]), torch.tensor([0.25]), False)
-        (tensor([[0.5000]]), tensor([[1.]]))
-    """
-
-    def __init__(self, rows: int):
-        self.rows = rows
-        self.output: torch.Tensor | None = None
-        self.slope: torch.Tensor | None = None
-        self.sigma = torch.zeros(rows, dtype=torch.float64)
-        self.seen = torch.zeros(rows, dtype=torch.bool)
-
-    def update(self, ids: torch.Tensor, sigma: torch.Tensor, output: torch.Tensor) -> None:
-        """Rows ``ids`` computed ``output`` (len(ids), ...) at noise levels ``sigma`` (len(ids),)."""
-        output = output.detach()
-        if self.output is None:
-            self.output = output.new_zeros((self.rows, *output.shape[1:]))
-            self.slope = torch.zeros_like(self.output)
-        sigma = torch.as_tensor(sigma, dtype=torch.float64).expand(ids.shape)
-        before = self.seen[ids]
-        step = torch.where(before, sigma - self.sigma[ids], torch.ones_like(sigma))
-        slope = (output - self.output[ids]) / self._column(step, output)
-        self.slope[ids] = torch.where(self._column(before, output), slope, torch.zeros_like(slope))
-        self.output[ids] = output
-        self.sigma[ids] = sigma
-        self.seen[ids] = True
-
-    def at(self, ids: torch.Tensor, sigma: torch.Tensor, first_order: bool = True) -> torch.Tensor:
-        """The rows' output forecast at noise levels ``sigma`` (their last output at order 0)."""
-        if self.output is None or not bool(self.seen[ids].all()):
-            raise HastenError("a row forecasts its model output before its first model call")
-        if not first_order:
-            return self.output[ids].clone()
-        offset = torch.as_tensor(sigma, dtype=torch.float64).expand(ids.shape) - self.sigma[ids]
-        return self.output[ids] + self._column(offset, self.output) * self.slope[ids]
-
-    def forget(self, ids: torch.Tensor) -> None:
-        self.seen[ids] = False
-
-    @staticmethod
-    def _column(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        """(rows,) -> (rows, 1, ...) broadcastable against ``like``, on its device (and dtype, for numbers)."""
-        dtype = values.dtype if values.dtype == torch.bool else like.dtype
-        return values.to(like.device, dtype).view(-1, *([1] * (like.ndim - 1)))
-
-
 class RowState:
     """Per-row bookkeeping of knob-driven denoising: where each row is in its schedule, what it has
     spent and decided, its residual cache, and what a policy observes (:meth:`observation`).
@@ -430,20 +377,20 @@ class RowState:
     """
 
     def __init__(self, batch_size: int, num_steps: int, sigmas: torch.Tensor, cfg: bool, seeds=None,
-                 skip_forecast: bool = False):
+                 forecast: bool = False):
         from hasten.generators.knobs import RowCache
 
         b = batch_size
         self.num_steps, self.sigmas, self.cfg = num_steps, sigmas, cfg
-        self.skip_forecast = skip_forecast
-        self.outputs = OutputForecast(b)  # each row's last velocity and its slope (for skip_forecast)
+        self.forecast = forecast
+        self.outputs = OutputForecast(b)  # each row's last velocity and its slope (for forecast)
         self.index = torch.zeros(b, dtype=torch.long)
         self.model_calls = torch.zeros(b, dtype=torch.long)
         self.flops = torch.zeros(b, dtype=torch.float64)
         self.decisions = torch.full((b, num_steps, len(KNOBS)), -1, dtype=torch.long)
         self.last_full = torch.zeros(b, dtype=torch.long)
         self.seeds = np.zeros(b, dtype=np.int64) if seeds is None else np.asarray(seeds, dtype=np.int64).copy()
-        self.cache = RowCache(2 * b if cfg else b)
+        self.cache = RowCache(2 * b if cfg else b, forecast=forecast)
 
     def record_call(self, rows: torch.Tensor, position: torch.Tensor, skip: torch.Tensor, cache_levels: torch.Tensor,
                     sparse: torch.Tensor, fractions: torch.Tensor) -> None:
@@ -507,8 +454,8 @@ class Rollout(RowState):
     """
 
     def __init__(self, labels, x, num_steps, guidance, timesteps, sigmas, cfg: bool, seeds=None,
-                 clamp: bool = True, skip_forecast: bool = False):
-        super().__init__(x.shape[0], num_steps, sigmas, cfg, seeds, skip_forecast)
+                 clamp: bool = True, forecast: bool = False):
+        super().__init__(x.shape[0], num_steps, sigmas, cfg, seeds, forecast)
         self.labels, self.x = labels, x.clone()
         self.guidance, self.timesteps = guidance, timesteps
         self.clamp = clamp

@@ -86,15 +86,73 @@ def validate_decisions(decisions, rows: int | None = None) -> np.ndarray:
     return array.astype(np.int64)
 
 
+class OutputForecast:
+    """Each row's last model output, the noise level it was computed at and its change per unit
+    noise level since the row's call before: what a skipped step uses instead of a model call.
+
+    :meth:`at` extrapolates to first order in the noise level (TaylorSeer's forecast of a model's
+    output, with divided differences in sigma rather than in step counts) or, with
+    ``first_order=False``, returns the last output again (plain reuse).
+
+    Example:
+        >>> f = OutputForecast(1)
+        >>> f.update(torch.tensor([0]), torch.tensor([1.0]), torch.tensor([[2.0]]))
+        >>> f.update(torch.tensor([0]), torch.tensor([0.5]), torch.tensor([[1.0]]))
+        >>> f.at(torch.tensor([0]), torch.tensor([0.25])), f.at(torch.tensor([0]), torch.tensor([0.25]), False)
+        (tensor([[0.5000]]), tensor([[1.]]))
+    """
+
+    def __init__(self, rows: int):
+        self.rows = rows
+        self.output: torch.Tensor | None = None
+        self.slope: torch.Tensor | None = None
+        self.sigma = torch.zeros(rows, dtype=torch.float64)
+        self.seen = torch.zeros(rows, dtype=torch.bool)
+
+    def update(self, ids: torch.Tensor, sigma: torch.Tensor, output: torch.Tensor) -> None:
+        """Rows ``ids`` computed ``output`` (len(ids), ...) at noise levels ``sigma`` (len(ids),)."""
+        output = output.detach()
+        if self.output is None:
+            self.output = output.new_zeros((self.rows, *output.shape[1:]))
+            self.slope = torch.zeros_like(self.output)
+        sigma = torch.as_tensor(sigma, dtype=torch.float64).expand(ids.shape)
+        before = self.seen[ids] & (sigma != self.sigma[ids])  # a slope needs two noise levels
+        step = torch.where(before, sigma - self.sigma[ids], torch.ones_like(sigma))
+        slope = (output - self.output[ids]) / self._column(step, output)
+        self.slope[ids] = torch.where(self._column(before, output), slope, torch.zeros_like(slope))
+        self.output[ids] = output
+        self.sigma[ids] = sigma
+        self.seen[ids] = True
+
+    def at(self, ids: torch.Tensor, sigma: torch.Tensor, first_order: bool = True) -> torch.Tensor:
+        """The rows' output forecast at noise levels ``sigma`` (their last output at order 0)."""
+        if self.output is None or not bool(self.seen[ids].all()):
+            raise HastenError("a row forecasts its model output before its first model call")
+        if not first_order:
+            return self.output[ids].clone()
+        offset = torch.as_tensor(sigma, dtype=torch.float64).expand(ids.shape) - self.sigma[ids]
+        return self.output[ids] + self._column(offset, self.output) * self.slope[ids]
+
+    def forget(self, ids: torch.Tensor) -> None:
+        self.seen[ids] = False
+
+    @staticmethod
+    def _column(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """(rows,) -> (rows, 1, ...) broadcastable against ``like``, on its device (and dtype, for numbers)."""
+        dtype = values.dtype if values.dtype == torch.bool else like.dtype
+        return values.to(like.device, dtype).view(-1, *([1] * (like.ndim - 1)))
+
+
 class RowCache:
     """Per-row cached residuals of the cache-reuse knob, one tensor per reuse boundary.
 
     Owned by a rollout, so several rollouts can share one attached transformer.
     """
 
-    def __init__(self, max_rows: int):
+    def __init__(self, max_rows: int, forecast: bool = False):
         self.max_rows = max_rows
-        self.residuals: dict[int, torch.Tensor] = {}
+        self.forecast = forecast  # reuse the residual extrapolated to the call's noise level (first order)
+        self.residuals: dict[int, OutputForecast] = {}
         self.filled = torch.zeros(max_rows, dtype=torch.bool)
         # The first block's output at each row's last full computation, and the relative L1 change
         # of that output at the row's latest call (the signal of TeaCache / FBCache).
@@ -117,10 +175,13 @@ class RowCache:
         if bool(full.any()):
             self.first_output[ids[full]] = output[full.to(output.device)]
 
-    def store(self, boundary: int, ids: torch.Tensor, residual: torch.Tensor) -> None:
-        if boundary not in self.residuals:
-            self.residuals[boundary] = residual.new_zeros((self.max_rows, *residual.shape[1:]))
-        self.residuals[boundary][ids] = residual
+    def store(self, boundary: int, ids: torch.Tensor, residual: torch.Tensor, sigma: torch.Tensor) -> None:
+        """The residual of the blocks from ``boundary`` on, of full rows ``ids`` at noise levels ``sigma``."""
+        self.residuals.setdefault(boundary, OutputForecast(self.max_rows)).update(ids, sigma, residual)
+
+    def residual(self, boundary: int, ids: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """The cached residual of rows ``ids`` (forecast at ``sigma`` with ``forecast``)."""
+        return self.residuals[boundary].at(ids, sigma, self.forecast)
 
 
 class KnobState:
@@ -141,6 +202,7 @@ class KnobState:
         self.row_ids: torch.Tensor | None = None
         self.start: torch.Tensor | None = None  # (rows,) first reused block per row of the call
         self.keep: torch.Tensor | None = None  # (rows,) kept fraction of key blocks
+        self.sigma: torch.Tensor | None = None  # (rows,) noise level of the call
         self.keep_now: torch.Tensor | None = None  # keep of the rows inside the current block call
         self.text_len = 0
         self.workspace = Workspace()
@@ -148,10 +210,12 @@ class KnobState:
         self.registrations: list[HookRegistration] = []  # the block hooks, for detach_knobs
 
     def set_call(self, cache: RowCache, row_ids: torch.Tensor, cache_levels: torch.Tensor,
-                 keep: torch.Tensor) -> torch.Tensor:
+                 keep: torch.Tensor, sigma=0.0) -> torch.Tensor:
         """Prepare the next transformer call; returns the effective cache levels.
 
-        A row without a cached residual yet (its first call) computes every block.
+        ``sigma``: the noise level of the call (a number or one per row), where a forecasting
+        cache extrapolates its residuals to. A row without a cached residual yet (its first call)
+        computes every block.
         """
         if row_ids.numel() and int(row_ids.max()) >= cache.max_rows:
             raise HastenError(f"row id {int(row_ids.max())} outside the rollout's cache of {cache.max_rows} rows")
@@ -160,11 +224,12 @@ class KnobState:
         self.row_ids = row_ids
         self.start = torch.tensor(self.reuse_from)[cache_levels]
         self.keep = keep.float()
+        self.sigma = torch.as_tensor(sigma, dtype=torch.float64).expand(row_ids.shape).clone()
         self._boundary_inputs.clear()
         return cache_levels
 
     def clear_call(self) -> None:
-        self.cache = self.row_ids = self.start = self.keep = self.keep_now = None
+        self.cache = self.row_ids = self.start = self.keep = self.keep_now = self.sigma = None
         self._boundary_inputs.clear()
 
 
@@ -216,7 +281,7 @@ class KnobBlockHook(ModelHook):
         ids = state.row_ids
         if bool(full.any()):
             for b in state.boundaries:
-                cache.store(b, ids[full], hidden[full] - state._boundary_inputs[b])
+                cache.store(b, ids[full], hidden[full] - state._boundary_inputs[b], state.sigma[full])
             cache.filled[ids[full]] = True
         reuse = ~full
         if bool(reuse.any()):
@@ -224,7 +289,7 @@ class KnobBlockHook(ModelHook):
             for b in state.boundaries:
                 rows = (state.start == b).nonzero().squeeze(1)
                 if rows.numel():
-                    hidden[rows] = hidden[rows] + cache.residuals[b][ids[rows]]
+                    hidden[rows] = hidden[rows] + cache.residual(b, ids[rows], state.sigma[rows])
         return hidden
 
 

@@ -19,7 +19,7 @@ images that compute, with their cache and sparsity levels, through the transform
 
 - Step-Skip inside a pipeline: the pipeline's scheduler still visits every timestep, so an image
   that skips ``k`` intervals gets, at the next ``k`` steps, its last model output again instead of
-  a model call (no compute, FLOPs 0), or, for a policy trained with ``skip_forecast``, that output
+  a model call (no compute, FLOPs 0), or, for a policy trained with ``forecast``, that output
   extrapolated to the step's noise level from its last two calls. With the Euler update of
   flow-matching schedulers this is exactly hasten's sampler's jump of ``1 + k`` intervals, so a
   policy acts as it did in training.
@@ -66,11 +66,11 @@ import torch
 from diffusers.hooks import ModelHook
 
 from hasten.errors import HastenError
-from hasten.generators.adapter import DiTGenerator, OutputForecast, RowState
+from hasten.generators.adapter import DiTGenerator, RowState
 from hasten.generators.cost import StepCost, time_spent
 from hasten.generators.families import DiTFamily, family_of
-from hasten.generators.knobs import (KNOBS, SPARSE_ATTENTION, KnobState, RowCache, attach_knobs, detach_knobs,
-                                     register_model_hook, remove_model_hook, validate_decisions)
+from hasten.generators.knobs import (KNOBS, SPARSE_ATTENTION, KnobState, OutputForecast, RowCache, attach_knobs,
+                                     detach_knobs, register_model_hook, remove_model_hook, validate_decisions)
 from hasten.policies.heads import Policy
 
 logger = logging.getLogger(__name__)
@@ -236,13 +236,13 @@ class _GeneratorPlugin:
         self.had_knobs = gen._knobs is not None
         original = gen.sample
         steps = self.acceleration.policy.config.num_steps or None
-        forecast = self.acceleration.policy.config.skip_forecast
+        forecast = self.acceleration.policy.config.forecast
 
         @functools.wraps(original)
         def sample(conditions, seeds, num_steps=None, guidance=None, decisions=None, **kwargs):
             if decisions is None:  # the policy's decisions, with the sampler it was trained with
                 decisions = self.decide
-                kwargs.setdefault("skip_forecast", forecast)
+                kwargs.setdefault("forecast", forecast)
             images, stats = original(conditions, seeds, num_steps=steps if num_steps is None else num_steps,
                                      guidance=guidance, decisions=decisions, **kwargs)
             self.acceleration._records.append(stats)
@@ -289,10 +289,11 @@ class _Step:
 class _Run:
     """One pipeline call: its images' :class:`RowState`, the current step, the last outputs."""
 
-    def __init__(self, timesteps: torch.Tensor, images: int, doubled: bool, sigmas: torch.Tensor, seeds):
+    def __init__(self, timesteps: torch.Tensor, images: int, doubled: bool, sigmas: torch.Tensor, seeds,
+                 forecast: bool = False):
         self.timesteps = timesteps  # the scheduler's tensor (a new one marks the next pipeline call)
         self.images, self.doubled = images, doubled
-        self.rows = RowState(images, len(sigmas) - 1, sigmas, cfg=doubled, seeds=seeds)
+        self.rows = RowState(images, len(sigmas) - 1, sigmas, cfg=doubled, seeds=seeds, forecast=forecast)
         self.branch_caches: dict[int, RowCache] = {}  # residual caches of sequential branches 1, 2, ...
         self.outputs: dict[int, OutputForecast] = {}  # each branch's last model outputs, by row of the call
         self.step: _Step | None = None
@@ -300,7 +301,7 @@ class _Run:
     def cache(self, branch: int) -> RowCache:
         if branch == 0 or self.doubled:
             return self.rows.cache
-        return self.branch_caches.setdefault(branch, RowCache(self.images))
+        return self.branch_caches.setdefault(branch, RowCache(self.images, forecast=self.rows.forecast))
 
     def branch_outputs(self, branch: int, batch: int) -> OutputForecast:
         return self.outputs.setdefault(branch, OutputForecast(batch))
@@ -367,14 +368,15 @@ class _PipelinePlugin:
         ids = (torch.arange(batch) + n) % batch if run.doubled else torch.arange(batch)
         computing = step.due[image].nonzero().squeeze(1)
         outputs, every = run.branch_outputs(branch, batch), torch.arange(batch)
-        sigma, first_order = run.rows.sigmas[position], self.acceleration.policy.config.skip_forecast
+        sigma, first_order = run.rows.sigmas[position], run.rows.forecast
         if computing.numel() < batch and not bool(outputs.seen[step.due[image].logical_not()].all()):
             raise HastenError("hasten.accelerate: an image skips a step before its first model call")
         if computing.numel() == 0:
             return self._wrap(outputs.at(every, sigma, first_order), kwargs)
 
         images = image[computing]
-        effective = self.state.set_call(run.cache(branch), ids[computing], step.cache[images], step.keep[images])
+        effective = self.state.set_call(run.cache(branch), ids[computing], step.cache[images], step.keep[images],
+                                        sigma)
         call = kwargs if computing.numel() == batch else self._rows(kwargs, computing, batch)
         try:
             output = original(**call)
@@ -456,7 +458,7 @@ class _PipelinePlugin:
                            "fractions of the schedule, so it still applies, but it was not trained for this",
                            policy_steps, num_steps)
         run = _Run(timesteps, images, doubled, torch.cat([schedule, torch.zeros(1)]),
-                   np.arange(images) if seeds is None else seeds)
+                   np.arange(images) if seeds is None else seeds, self.acceleration.policy.config.forecast)
         self.acceleration._records.append(run)
         return run
 

@@ -84,9 +84,9 @@ def evaluate_policy(generator, policy, classifier, n: int = 256, budget: float |
 
     full, _ = generator.sample(labels, seeds, num_steps=steps, batch_size=batch_size, progress=progress)
     decide = policy.decide(budget, greedy=greedy)
-    forecast = policy.config.skip_forecast
+    forecast = policy.config.forecast
     fast, stats = generator.sample(labels, seeds, num_steps=steps, decisions=decide, batch_size=batch_size,
-                                   progress=progress, skip_forecast=forecast)
+                                   progress=progress, forecast=forecast)
     flops = float(stats["flops_fraction"].mean())
     methods = [{"method": "full compute", "num_steps": steps, "flops_fraction": 1.0,
                 **quality_metrics(full, full, labels, classifier, real_feats)},
@@ -109,7 +109,7 @@ def evaluate_policy(generator, policy, classifier, n: int = 256, budget: float |
     # uniform step reduction interpolated to exactly the policy's FLOPs (PSNR is smooth in steps)
     matched = interpolate([m["flops_fraction"] for m in uniform], [m["psnr_db"] for m in uniform], flops)
 
-    runs = {"full compute": {"num_steps": steps}, "policy": {"num_steps": steps, "decisions": decide, "skip_forecast": forecast}}
+    runs = {"full compute": {"num_steps": steps}, "policy": {"num_steps": steps, "decisions": decide, "forecast": forecast}}
     runs.update({f"uniform {k} steps": {"num_steps": k} for k in uniform_steps})
     seconds = _batch1_seconds(generator, runs, labels[:timing_samples], seeds[:timing_samples], timing_repeats)
     for m in methods:

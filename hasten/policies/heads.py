@@ -56,7 +56,7 @@ class PolicyConfig:
     budget: float = 0.4  # default target budget at inference
     cost_unit: str = "flops"  # unit of the budget: "flops" or "time" (measured, set by the trainer)
     time_table: list = field(default_factory=list)  # (cache, sparse) -> time fraction, for cost_unit "time"
-    skip_forecast: bool = False  # step-skip forecasts the jumped intervals' velocity (set by the trainer)
+    forecast: bool = False  # skipped steps and reused residuals are forecast (set by the trainer)
     knobs: dict = field(default_factory=lambda: dict(DIT_KNOBS))  # knob -> levels (set by the trainer)
     observation: list = field(default_factory=lambda: list(OBSERVATION))  # observation columns (set by the trainer)
     chain_format: dict = field(default_factory=dict)  # reasoning: {"boundary": ..., "answer_prefix": ...}

@@ -54,7 +54,7 @@ class RolloutSpec:
     generator_options: dict = field(default_factory=dict)  # a pipeline folder's prompts, resolution, dtype, device
     task: str = "denoising"  # or "reasoning": a causal LM, hasten/Reasoning-v0 and a chain-of-thought head
     group_size: int = 1  # rows per GRPO group (the reasoning env terminates a group's rows together)
-    skip_forecast: bool = False  # step-skip forecasts the jumped intervals' velocity
+    forecast: bool = False  # skipped steps and reused residuals are forecast
 
 
 class RolloutWorker:
@@ -135,7 +135,7 @@ class RolloutWorker:
         return InProcessPool(DenoisingVectorEnv(num_envs=n, generator=self.generator, num_steps=s.num_steps,
                                                 guidance=s.guidance, budget=s.budget, rewards=self.reward,
                                                 references=self.references, cost_unit=s.cost_unit,
-                                                time_table=s.time_table, skip_forecast=s.skip_forecast))
+                                                time_table=s.time_table, forecast=s.forecast))
 
 
 class RayPool:

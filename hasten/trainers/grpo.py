@@ -135,7 +135,7 @@ class GRPOTrainer:
         policy_config.num_steps = self.num_steps
         policy_config.budget = config.budget
         policy_config.cost_unit = config.cost_unit
-        policy_config.skip_forecast = config.skip_forecast
+        policy_config.forecast = config.forecast
         if config.cost_unit == "time":
             from hasten.generators.cost import measure_time_fractions
 
@@ -150,13 +150,13 @@ class GRPOTrainer:
                                       num_steps=self.num_steps, guidance=self.guidance, budget=config.budget,
                                       rewards=self.reward, references=references, cost_unit=config.cost_unit,
                                       time_table=policy_config.time_table or None,
-                                      skip_forecast=config.skip_forecast)
+                                      forecast=config.forecast)
         if config.rollouts.backend == "ray":
             spec = RolloutSpec(generator=_local_path(config.generator), num_steps=self.num_steps,
                                generator_options=_worker_options(config.generator_options), guidance=self.guidance,
                                budget=config.budget, rewards=config.rewards, cost_unit=config.cost_unit,
                                time_table=policy_config.time_table or None, policy=to_dict(policy_config),
-                               threads=config.rollouts.threads, skip_forecast=config.skip_forecast)
+                               threads=config.rollouts.threads, forecast=config.forecast)
             self.pool = RayPool(spec, config.rollouts, g.group_size, reward=self.reward, references=references)
         else:
             self.pool = InProcessPool(self.env)

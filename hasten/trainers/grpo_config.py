@@ -118,7 +118,7 @@ class ExperimentConfig:
     guidance: float = -1.0  # guidance scale (-1 = the generator's default)
     budget: float = 0.4  # target cost fraction (0, 1]
     cost_unit: str = "flops"  # "flops" (analytic) or "time" (measured per knob level at batch 1 at the start)
-    skip_forecast: bool = False  # step-skip: forecast the jumped intervals' velocity (first order) instead of reusing it
+    forecast: bool = False  # skipped steps and reused residuals extrapolated (first order in sigma) instead of reused
     budget_range: list[float] = field(default_factory=list)  # [lo, hi]: draw a budget per group instead
     train_pairs: int = 64  # size of the pool of (class, noise) training pairs
     policy: PolicyConfig = field(default_factory=PolicyConfig)

@@ -99,6 +99,9 @@ def _hasten_version() -> str:
 
 def _own(generator, family_key, setting, steps, decisions=None, reference_steps=None, forecast=False,
          **options) -> Method:
+    if forecast:
+        options["forecast"] = True
+
     def sample(conditions, seeds, batch_size):
         images, stats = generator.sample(list(conditions), list(seeds), num_steps=steps, decisions=decisions,
                                          batch_size=batch_size, forecast=forecast)
@@ -348,7 +351,8 @@ def compare(generator, policy=None, classifier=None, budgets: Sequence[float] = 
             learned = next(r for r in rows if r["kind"] == "policy" and r["options"]["budget"] == b)
             blind, info = random_policy(policy, generator, learned["flops_fraction"], steps, seeds, b)
             method = _own(generator, "random", f"matched to budget={b}", steps, decisions=blind.decide(b),
-                          forecast=policy.config.forecast, matched_to_budget=b, target_flops_fraction=learned["flops_fraction"])
+                          forecast=policy.config.forecast, matched_to_budget=b,
+                          target_flops_fraction=learned["flops_fraction"])
             random_info[f"budget={b}"] = info
             plan.append(method)
             rows.append(measure(method))

@@ -122,7 +122,7 @@ def evaluate_policy(generator, policy, classifier, n: int = 256, budget: float |
     matched_wall = interpolate(wall, [m["psnr_db"] for m in uniform], 1.0 / policy_row["speedup_wall_batch1"])
     return {
         "n": n, "num_steps": steps, "guidance": generator.default_guidance, "budget": budget,
-        "held_out_seeds": [seed, seed + n - 1],
+        "forecast": forecast, "held_out_seeds": [seed, seed + n - 1],
         "methods": methods,
         "uniform_psnr_at_policy_flops": matched,
         "psnr_gain_over_uniform_db": None if matched is None else policy_row["psnr_db"] - matched,
@@ -147,7 +147,7 @@ def interpolate(xs: list[float], ys: list[float], x: float) -> float | None:
 def markdown_table(result: dict) -> str:
     lines = [f"n = {result['n']} held-out (class, noise) pairs (seeds {result['held_out_seeds'][0]}-"
              f"{result['held_out_seeds'][1]}), {result['num_steps']} steps, guidance {result['guidance']}, "
-             f"budget {result['budget']}; {result['machine']}, {result['date']}. Wall-clock: batch 1, "
+             f"budget {result['budget']}{' (forecast)' if result.get('forecast') else ''}; {result['machine']}, {result['date']}. Wall-clock: batch 1, "
              f"{result['timing']['samples']} samples, median of {result['timing']['repeats']} interleaved repeats.",
              "",
              "| method | FLOPs fraction | FLOPs speedup | wall-clock speedup (batch 1) | PSNR to full (dB) | SSIM | "

@@ -168,7 +168,8 @@ def test_skipping_reuses_the_last_velocity_as_the_samplers_jump(pipes, forecast)
                 x = x + (sigmas[min(j + 2, STEPS)] - sigmas[j]) * v
                 continue
             slope = torch.zeros_like(v) if before is None else (v - before) / (sigmas[j] - sigmas[j - 2])
-            x = x + (sigmas[j + 1] - sigmas[j]) * v + (sigmas[j + 2] - sigmas[j + 1]) * (v + (sigmas[j + 1] - sigmas[j]) * slope)
+            forecast_v = v + (sigmas[j + 1] - sigmas[j]) * slope
+            x = x + (sigmas[j + 1] - sigmas[j]) * v + (sigmas[j + 2] - sigmas[j + 1]) * forecast_v
             before = v
     assert (out - x).abs().max() <= 1e-5
 

@@ -310,7 +310,8 @@ class DiTGenerator:
             sigmas, coefficient = rollout.sigmas.double(), torch.zeros(rows.numel(), dtype=torch.float64)
             for m in range(1, int(skip.max()) + 1):
                 at = (j + m).clamp(max=rollout.num_steps - 1)
-                coefficient += torch.where(j + m < j_next, (sigmas[at + 1] - sigmas[at]) * (sigmas[at] - sigmas[j]), 0.0)
+                term = (sigmas[at + 1] - sigmas[at]) * (sigmas[at] - sigmas[j])
+                coefficient += torch.where(j + m < j_next, term, 0.0)
             x = x + OutputForecast._column(coefficient, v) * rollout.outputs.slope[rows]
         rollout.x[rows] = x
         fractions = self.step_cost().fractions(effective, keep)

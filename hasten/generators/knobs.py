@@ -92,18 +92,19 @@ class OutputForecast:
 
     :meth:`at` extrapolates to first order in the noise level (TaylorSeer's forecast of a model's
     output, with divided differences in sigma rather than in step counts) or, with
-    ``first_order=False``, returns the last output again (plain reuse).
+    ``first_order=False``, returns the last output again (plain reuse; no slope is kept).
 
     Example:
         >>> f = OutputForecast(1)
         >>> f.update(torch.tensor([0]), torch.tensor([1.0]), torch.tensor([[2.0]]))
         >>> f.update(torch.tensor([0]), torch.tensor([0.5]), torch.tensor([[1.0]]))
-        >>> f.at(torch.tensor([0]), torch.tensor([0.25])), f.at(torch.tensor([0]), torch.tensor([0.25]), False)
-        (tensor([[0.5000]]), tensor([[1.]]))
+        >>> f.at(torch.tensor([0]), torch.tensor([0.25]))
+        tensor([[0.5000]])
     """
 
-    def __init__(self, rows: int):
+    def __init__(self, rows: int, first_order: bool = True):
         self.rows = rows
+        self.first_order = first_order
         self.output: torch.Tensor | None = None
         self.slope: torch.Tensor | None = None
         self.sigma = torch.zeros(rows, dtype=torch.float64)
@@ -114,21 +115,22 @@ class OutputForecast:
         output = output.detach()
         if self.output is None:
             self.output = output.new_zeros((self.rows, *output.shape[1:]))
-            self.slope = torch.zeros_like(self.output)
+            self.slope = torch.zeros_like(self.output) if self.first_order else None
         sigma = torch.as_tensor(sigma, dtype=torch.float64).expand(ids.shape)
-        before = self.seen[ids] & (sigma != self.sigma[ids])  # a slope needs two noise levels
-        step = torch.where(before, sigma - self.sigma[ids], torch.ones_like(sigma))
-        slope = (output - self.output[ids]) / self._column(step, output)
-        self.slope[ids] = torch.where(self._column(before, output), slope, torch.zeros_like(slope))
+        if self.first_order:
+            before = self.seen[ids] & (sigma != self.sigma[ids])  # a slope needs two noise levels
+            step = torch.where(before, sigma - self.sigma[ids], torch.ones_like(sigma))
+            slope = (output - self.output[ids]) / self._column(step, output)
+            self.slope[ids] = torch.where(self._column(before, output), slope, torch.zeros_like(slope))
         self.output[ids] = output
         self.sigma[ids] = sigma
         self.seen[ids] = True
 
-    def at(self, ids: torch.Tensor, sigma: torch.Tensor, first_order: bool = True) -> torch.Tensor:
+    def at(self, ids: torch.Tensor, sigma) -> torch.Tensor:
         """The rows' output forecast at noise levels ``sigma`` (their last output at order 0)."""
         if self.output is None or not bool(self.seen[ids].all()):
             raise HastenError("a row forecasts its model output before its first model call")
-        if not first_order:
+        if not self.first_order:
             return self.output[ids].clone()
         offset = torch.as_tensor(sigma, dtype=torch.float64).expand(ids.shape) - self.sigma[ids]
         return self.output[ids] + self._column(offset, self.output) * self.slope[ids]
@@ -177,11 +179,13 @@ class RowCache:
 
     def store(self, boundary: int, ids: torch.Tensor, residual: torch.Tensor, sigma: torch.Tensor) -> None:
         """The residual of the blocks from ``boundary`` on, of full rows ``ids`` at noise levels ``sigma``."""
-        self.residuals.setdefault(boundary, OutputForecast(self.max_rows)).update(ids, sigma, residual)
+        if boundary not in self.residuals:
+            self.residuals[boundary] = OutputForecast(self.max_rows, first_order=self.forecast)
+        self.residuals[boundary].update(ids, sigma, residual)
 
     def residual(self, boundary: int, ids: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """The cached residual of rows ``ids`` (forecast at ``sigma`` with ``forecast``)."""
-        return self.residuals[boundary].at(ids, sigma, self.forecast)
+        return self.residuals[boundary].at(ids, sigma)
 
 
 class KnobState:

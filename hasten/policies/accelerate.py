@@ -304,7 +304,9 @@ class _Run:
         return self.branch_caches.setdefault(branch, RowCache(self.images, forecast=self.rows.forecast))
 
     def branch_outputs(self, branch: int, batch: int) -> OutputForecast:
-        return self.outputs.setdefault(branch, OutputForecast(batch))
+        if branch not in self.outputs:
+            self.outputs[branch] = OutputForecast(batch, first_order=self.rows.forecast)
+        return self.outputs[branch]
 
     def release(self) -> None:
         """Drop what only the running call needs (last outputs, cached residuals); the stats stay."""
@@ -368,11 +370,11 @@ class _PipelinePlugin:
         ids = (torch.arange(batch) + n) % batch if run.doubled else torch.arange(batch)
         computing = step.due[image].nonzero().squeeze(1)
         outputs, every = run.branch_outputs(branch, batch), torch.arange(batch)
-        sigma, first_order = run.rows.sigmas[position], run.rows.forecast
+        sigma = run.rows.sigmas[position]
         if computing.numel() < batch and not bool(outputs.seen[step.due[image].logical_not()].all()):
             raise HastenError("hasten.accelerate: an image skips a step before its first model call")
         if computing.numel() == 0:
-            return self._wrap(outputs.at(every, sigma, first_order), kwargs)
+            return self._wrap(outputs.at(every, sigma), kwargs)
 
         images = image[computing]
         effective = self.state.set_call(run.cache(branch), ids[computing], step.cache[images], step.keep[images],
@@ -384,7 +386,7 @@ class _PipelinePlugin:
             self.state.clear_call()
         sample = output[0] if isinstance(output, tuple) else getattr(output, "sample", output)
         if computing.numel() < batch:  # the skipping images: their forecast (or last) output
-            full = outputs.at(every, sigma, first_order)
+            full = outputs.at(every, sigma)
             full[computing.to(full.device)] = sample
         else:
             full = sample

@@ -109,7 +109,8 @@ def evaluate_policy(generator, policy, classifier, n: int = 256, budget: float |
     # uniform step reduction interpolated to exactly the policy's FLOPs (PSNR is smooth in steps)
     matched = interpolate([m["flops_fraction"] for m in uniform], [m["psnr_db"] for m in uniform], flops)
 
-    runs = {"full compute": {"num_steps": steps}, "policy": {"num_steps": steps, "decisions": decide, "forecast": forecast}}
+    runs = {"full compute": {"num_steps": steps},
+            "policy": {"num_steps": steps, "decisions": decide, "forecast": forecast}}
     runs.update({f"uniform {k} steps": {"num_steps": k} for k in uniform_steps})
     seconds = _batch1_seconds(generator, runs, labels[:timing_samples], seeds[:timing_samples], timing_repeats)
     for m in methods:
@@ -147,7 +148,8 @@ def interpolate(xs: list[float], ys: list[float], x: float) -> float | None:
 def markdown_table(result: dict) -> str:
     lines = [f"n = {result['n']} held-out (class, noise) pairs (seeds {result['held_out_seeds'][0]}-"
              f"{result['held_out_seeds'][1]}), {result['num_steps']} steps, guidance {result['guidance']}, "
-             f"budget {result['budget']}{' (forecast)' if result.get('forecast') else ''}; {result['machine']}, {result['date']}. Wall-clock: batch 1, "
+             f"budget {result['budget']}{' (forecast)' if result.get('forecast') else ''}; "
+             f"{result['machine']}, {result['date']}. Wall-clock: batch 1, "
              f"{result['timing']['samples']} samples, median of {result['timing']['repeats']} interleaved repeats.",
              "",
              "| method | FLOPs fraction | FLOPs speedup | wall-clock speedup (batch 1) | PSNR to full (dB) | SSIM | "

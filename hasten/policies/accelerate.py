@@ -369,12 +369,12 @@ class _PipelinePlugin:
         # cache rows: the conditional branch first (rows 0..n-1), as in hasten's sampler
         ids = (torch.arange(batch) + n) % batch if run.doubled else torch.arange(batch)
         computing = step.due[image].nonzero().squeeze(1)
-        outputs, every = run.branch_outputs(branch, batch), torch.arange(batch)
-        sigma = run.rows.sigmas[position]
-        if computing.numel() < batch and not bool(outputs.seen[step.due[image].logical_not()].all()):
+        skipping = step.due[image].logical_not().nonzero().squeeze(1)
+        outputs, sigma = run.branch_outputs(branch, batch), run.rows.sigmas[position]
+        if skipping.numel() and not bool(outputs.seen[skipping].all()):
             raise HastenError("hasten.accelerate: an image skips a step before its first model call")
         if computing.numel() == 0:
-            return self._wrap(outputs.at(every, sigma), kwargs)
+            return self._wrap(outputs.at(skipping, sigma), kwargs)
 
         images = image[computing]
         effective = self.state.set_call(run.cache(branch), ids[computing], step.cache[images], step.keep[images],
@@ -385,11 +385,11 @@ class _PipelinePlugin:
         finally:
             self.state.clear_call()
         sample = output[0] if isinstance(output, tuple) else getattr(output, "sample", output)
-        if computing.numel() < batch:  # the skipping images: their forecast (or last) output
-            full = outputs.at(every, sigma)
+        full = sample
+        if skipping.numel():  # the skipping images: their forecast (or last) output
+            full = sample.new_empty((batch, *sample.shape[1:]))
             full[computing.to(full.device)] = sample
-        else:
-            full = sample
+            full[skipping.to(full.device)] = outputs.at(skipping, sigma)
         outputs.update(computing, sigma, sample)
 
         if branch == 0:  # book the images' call once, from their conditional rows

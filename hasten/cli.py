@@ -68,6 +68,35 @@ def _set_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
+def _load_generator(args, policy=None):
+    """The generator of ``--generator`` (default: the policy's own), loaded with the policy's
+    ``generator_options`` when it is the policy's generator, updated by ``--generator-option``."""
+    from hasten.config import apply_overrides
+    from hasten.generators import load_generator
+
+    path = args.generator or (policy.config.generator if policy is not None else "") or DEFAULT_GENERATOR
+    options = {}
+    if policy is not None and path == policy.config.generator:
+        options = dict(policy.config.generator_options)
+    options = apply_overrides(options, args.generator_option, option="--generator-option")
+    return load_generator(path, **options)
+
+
+def _evaluation_classifier(args, generator):
+    """--classifier, else the generator's own, else None (a pipeline folder ships none: the class
+    accuracy and Frechet distance are left out)."""
+    from hasten.generators.classifier import ShapesClassifier
+    from hasten.generators.registry import classifier_path
+
+    if args.classifier:
+        return ShapesClassifier.from_pretrained(args.classifier)
+    if generator.latent_space and not os.path.isdir(os.path.join(generator.path, "classifier")):
+        print(f"{generator.path}: no evaluation classifier (a diffusers pipeline); class accuracy and Frechet "
+              "distance are left out (--classifier PATH adds them)")
+        return None
+    return ShapesClassifier.from_pretrained(classifier_path(generator.path))
+
+
 def _report(table: str, result: dict, args) -> None:
     """Print a markdown table; write the result as JSON (--json) and the table (--markdown)."""
     from hasten.io import write_text_atomic
@@ -151,11 +180,15 @@ def cmd_generator_info(args) -> int:
 
 # ----------------------------------------------------------------------------- sample
 def cmd_sample(args) -> int:
-    from hasten.generators import load_generator
     from hasten.images import save_grid
 
     _set_threads(args.threads)
-    generator = load_generator(args.generator)
+    policy = None
+    if args.policy:
+        from hasten.policies import Policy
+
+        policy = Policy.from_pretrained(args.policy)
+    generator = _load_generator(args, policy)
     if args.classes.strip().lower() == "all":
         classes = list(range(generator.num_classes))
     else:
@@ -164,26 +197,25 @@ def cmd_sample(args) -> int:
             raise HastenError("--classes: expected class names or indices separated by commas, or 'all'")
     conditions = [c for c in classes for _ in range(args.n)]
     seeds = [args.seed + j for _ in classes for j in range(args.n)]
-    if args.policy:
-        return _sample_with_policy(args, generator, classes, conditions, seeds)
+    if policy is not None:
+        return _sample_with_policy(args, generator, policy, classes, conditions, seeds)
     images, stats = generator.sample(conditions, seeds, num_steps=args.steps, guidance=args.guidance,
                                      batch_size=args.batch_size, progress=not args.quiet)
     labels = [generator.class_names[c] for c in classes]
-    save_grid(images, rows=len(classes), path=args.out, row_labels=labels, scale=args.scale)
+    save_grid(generator.preview(images), rows=len(classes), path=args.out, row_labels=labels, scale=args.scale)
     print(f"wrote {args.out}: {len(classes)} classes x {args.n} samples, "
           f"{stats['seconds'] / len(seeds):.3f} s / sample")
     return 0
 
 
-def _sample_with_policy(args, generator, classes, conditions, seeds) -> int:
+def _sample_with_policy(args, generator, policy, classes, conditions, seeds) -> int:
     """Full compute and the policy's samples of the same (class, noise), one row above the other."""
     import torch
 
     from hasten.images import save_grid
     from hasten.metrics import psnr
-    from hasten.policies import load_policy
 
-    policy = load_policy(args.policy, generator)
+    policy.check_compatible(generator, where=args.policy)
     steps = args.steps or policy.config.num_steps or None
     full, full_stats = generator.sample(conditions, seeds, num_steps=steps, guidance=args.guidance,
                                         batch_size=args.batch_size, progress=not args.quiet)
@@ -197,7 +229,7 @@ def _sample_with_policy(args, generator, classes, conditions, seeds) -> int:
         rows += [full[i * n:(i + 1) * n], fast[i * n:(i + 1) * n]]
         row_flops = stats["flops_fraction"][i * n:(i + 1) * n].mean()
         labels += [f"{generator.class_names[c]}: full", f"policy {1 / row_flops:.1f}x"]
-    save_grid(torch.cat(rows), rows=2 * len(classes), path=args.out, row_labels=labels, scale=args.scale)
+    save_grid(generator.preview(torch.cat(rows)), rows=2 * len(classes), path=args.out, row_labels=labels, scale=args.scale)
     value = psnr(fast, full).clamp(max=100).mean()
     print(f"wrote {args.out}: {len(classes)} classes x {args.n} samples, full compute (upper row) vs policy "
           f"(lower row): {1 / stats['flops_fraction'].mean():.2f}x fewer FLOPs, PSNR to full {value:.2f} dB, "
@@ -265,17 +297,14 @@ def cmd_report(args) -> int:
 
 
 def cmd_policy_eval(args) -> int:
-    from hasten.generators import load_generator
-    from hasten.generators.classifier import ShapesClassifier
-    from hasten.generators.registry import classifier_path
     from hasten.policies import Policy
     from hasten.policies.evaluate import evaluate_policy, markdown_table
 
     _set_threads(args.threads)
     policy = Policy.from_pretrained(args.policy)
-    generator = load_generator(args.generator or policy.config.generator)
+    generator = _load_generator(args, policy)
     policy.check_compatible(generator, where=args.policy)
-    classifier = ShapesClassifier.from_pretrained(args.classifier or classifier_path(generator.path))
+    classifier = _evaluation_classifier(args, generator)
     result = evaluate_policy(generator, policy, classifier, n=args.n, budget=args.budget, seed=args.seed,
                              batch_size=args.batch_size, greedy=args.greedy,
                              timing_samples=args.timing_samples, timing_repeats=args.timing_repeats,
@@ -538,7 +567,11 @@ def build_parser() -> argparse.ArgumentParser:
         "sample", help="write a PNG grid of samples from a generator",
         description="Sample a grid from a generator: one row per class, --n samples per row "
                     "(seeds --seed, --seed+1, ...).")
-    sample.add_argument("--generator", default=DEFAULT_GENERATOR, help="embedded:NAME or a generator folder")
+    sample.add_argument("--generator", help="embedded:NAME or a generator folder (default: the policy's generator "
+                                            "with --policy, else embedded:shapes)")
+    sample.add_argument("--generator-option", action="append", metavar="KEY=VALUE",
+                    help="an option of the generator's loader (repeatable), e.g. for a diffusers pipeline folder "
+                         "prompts_file=PATH, resolution=512, device=cuda (default: those the policy was trained with)")
     sample.add_argument("--classes", default="all",
                         help="comma-separated class names or indices, or 'all' (default: %(default)s)")
     sample.add_argument("--n", type=_positive_int, default=8, help="samples per class (default: %(default)s)")
@@ -605,11 +638,16 @@ def build_parser() -> argparse.ArgumentParser:
         "eval", help="a policy vs full compute and uniform step reduction on held-out pairs",
         description="On N held-out (class, noise) pairs: FLOPs speedup, wall-clock speedup at batch 1, "
                     "PSNR/SSIM to full compute, class accuracy and Frechet distance (evaluation "
-                    "classifier) of full compute, the policy, and uniform step reduction at the step "
-                    "counts around the policy's FLOPs.")
+                    "classifier; none for a diffusers pipeline folder, whose latents are compared by PSNR/SSIM "
+                    "only) of full compute, the policy, and uniform step reduction at the step "
+                    "counts around the policy's FLOPs. The generator and its loader options default to "
+                    "those the policy was trained with.")
     pe.add_argument("policy", help="policy folder, e.g. runs/quickstart/policy")
     pe.add_argument("--generator", help="generator (default: the one the policy was trained on)")
     pe.add_argument("--classifier", help="evaluation classifier folder (default: the generator's own)")
+    pe.add_argument("--generator-option", action="append", metavar="KEY=VALUE",
+                    help="an option of the generator's loader (repeatable), e.g. for a diffusers pipeline folder "
+                         "prompts_file=PATH, resolution=512, device=cuda (default: those the policy was trained with)")
     pe.add_argument("--n", type=_positive_int, default=256, help="held-out pairs (default: %(default)s)")
     pe.add_argument("--budget", type=float, help="target FLOPs fraction (default: the policy's)")
     pe.add_argument("--seed", type=int, default=1_000_000, help="first held-out noise seed (default: %(default)s)")

@@ -106,12 +106,12 @@ def load_document(path: str) -> dict:
     return data
 
 
-def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
+def apply_overrides(data: dict, overrides: list[str] | None, option: str = "--set") -> dict:
     """Apply ``key=value`` / ``section.key=value`` overrides; values are parsed as YAML scalars."""
     data = dict(data)
     for item in overrides or []:
         if "=" not in item:
-            raise HastenError(f"--set {item!r}: expected key=value")
+            raise HastenError(f"{option} {item!r}: expected key=value")
         key, raw = item.split("=", 1)
         value = yaml.safe_load(raw) if raw.strip() else ""
         node = data

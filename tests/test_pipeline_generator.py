@@ -158,7 +158,7 @@ def _tiny_overrides(path, *extra):
             "logging.checkpoint_every=1", "rollouts.threads=1", *extra]
 
 
-def test_grpo_trains_a_policy_on_a_pipeline_generator(pipelines, tmp_path):
+def test_grpo_trains_a_policy_on_a_pipeline_generator(pipelines, tmp_path, capsys):
     _, path = pipelines["sd3"]
     config = load_experiment(None, _tiny_overrides(path, "generator_options.prompts=[a red fox, a blue cube]"))
     trainer = GRPOTrainer(config, str(tmp_path / "run"))
@@ -169,6 +169,30 @@ def test_grpo_trains_a_policy_on_a_pipeline_generator(pipelines, tmp_path):
     assert [k for k in before if torch.equal(before[k], after[k])] == []
     assert trainer.policy.config.family == "sd3"
     assert os.path.isfile(tmp_path / "run" / "policy" / "policy.safetensors")
+    assert trainer.policy.config.generator_options["prompts"] == ["a red fox", "a blue cube"]
+
+    # the policy remembers its generator and loader options: policy eval and sample need no more
+    from hasten.cli import main
+
+    policy_dir = str(tmp_path / "run" / "policy")
+    out = tmp_path / "eval.json"
+    assert main(["policy", "eval", policy_dir, "--n", "2", "--budget", "0.5", "--timing-samples", "1",
+                 "--timing-repeats", "1", "--quiet", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["n"] == 2 and result["accuracy_drop_points"] is None  # no classifier for latents
+    policy_row = result["methods"][1]
+    assert policy_row["method"] == "policy" and 0 < policy_row["flops_fraction"] <= 1
+    assert policy_row["class_accuracy"] is None and policy_row["psnr_db"] > 0
+    grid = tmp_path / "side.png"
+    assert main(["sample", "--policy", policy_dir, "--n", "1", "--classes", "0,1", "--budget", "0.5",
+                 "--quiet", "--out", str(grid)]) == 0
+    assert grid.stat().st_size > 0
+    # --generator-option overrides one of them: three prompts now, the third one exists
+    assert main(["sample", "--policy", policy_dir, "--n", "1", "--classes", "2", "--quiet", "--out", str(grid),
+                 "--generator-option", "prompts=[a, b, c]"]) == 0
+    capsys.readouterr()
+    assert main(["sample", "--policy", policy_dir, "--generator-option", "prompts", "--out", str(grid)]) == 2
+    assert "--generator-option 'prompts': expected key=value" in capsys.readouterr().err
 
 
 def test_a_discriminator_for_pixels_on_latents_says_which_channels():

@@ -37,13 +37,15 @@ def real_features(classifier, seed: int, n: int):
 
 def quality_metrics(images, full, labels, classifier, real_feats) -> dict:
     """PSNR / SSIM of ``images`` to the full-compute ``full`` of the same pairs, and class accuracy and
-    Frechet distance (to ``real_feats``) by the evaluation classifier."""
-    preds, feats = classify(classifier, images)
+    Frechet distance (to ``real_feats``) by the evaluation classifier (None without one)."""
     values = psnr(images, full).clamp(max=100)
-    return {"psnr_db": float(values.mean()), "psnr_db_median": float(values.median()),
-            "ssim": float(ssim(images, full).mean()),
-            "class_accuracy": float((preds == torch.as_tensor(labels)).float().mean()),
-            "frechet_distance": frechet_distance(feats.double().numpy(), real_feats)}
+    metrics = {"psnr_db": float(values.mean()), "psnr_db_median": float(values.median()),
+               "ssim": float(ssim(images, full).mean()), "class_accuracy": None, "frechet_distance": None}
+    if classifier is not None:
+        preds, feats = classify(classifier, images)
+        metrics["class_accuracy"] = float((preds == torch.as_tensor(labels)).float().mean())
+        metrics["frechet_distance"] = frechet_distance(feats.double().numpy(), real_feats)
+    return metrics
 
 
 def interleaved_medians(runs: dict, repeats: int, progress=None) -> dict:
@@ -74,13 +76,16 @@ def _batch1_seconds(generator, runs: dict, conditions, seeds, repeats: int) -> d
 def evaluate_policy(generator, policy, classifier, n: int = 256, budget: float | None = None,
                     seed: int = HELD_OUT_SEED, batch_size: int = 64, greedy: bool = False,
                     timing_samples: int = 4, timing_repeats: int = 5, progress: bool = True) -> dict:
-    """Compare ``policy`` with full compute and uniform step reduction on ``n`` held-out pairs."""
+    """Compare ``policy`` with full compute and uniform step reduction on ``n`` held-out pairs.
+
+    ``classifier`` None (a diffusers pipeline's latents): PSNR / SSIM only, no class accuracy or
+    Frechet distance."""
     policy.check_compatible(generator)
     budget = policy.config.budget if budget is None else float(budget)
     steps = policy.config.num_steps or generator.default_steps
     labels = [i % generator.num_classes for i in range(n)]
     seeds = [seed + i for i in range(n)]
-    real_feats = real_features(classifier, seed, n)
+    real_feats = None if classifier is None else real_features(classifier, seed, n)
 
     full, _ = generator.sample(labels, seeds, num_steps=steps, batch_size=batch_size, progress=progress)
     decide = policy.decide(budget, greedy=greedy)
@@ -129,7 +134,8 @@ def evaluate_policy(generator, policy, classifier, n: int = 256, budget: float |
         "psnr_gain_over_uniform_db": None if matched is None else policy_row["psnr_db"] - matched,
         "uniform_psnr_at_policy_wall_clock": matched_wall,
         "psnr_gain_over_uniform_at_wall_clock_db": None if matched_wall is None else policy_row["psnr_db"] - matched_wall,
-        "accuracy_drop_points": 100 * (methods[0]["class_accuracy"] - policy_row["class_accuracy"]),
+        "accuracy_drop_points": (None if classifier is None
+                                 else 100 * (methods[0]["class_accuracy"] - policy_row["class_accuracy"])),
         "timing": {"samples": timing_samples, "repeats": timing_repeats, "statistic": "median, interleaved"},
         "machine": machine_description(), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
         "generator": generator.path,
@@ -159,17 +165,24 @@ def markdown_table(result: dict) -> str:
         lines.append(f"| {m['method']} | {m['flops_fraction']:.3f} | {m['speedup_flops']:.2f}x | "
                      f"{m['speedup_wall_batch1']:.2f}x | "
                      f"{'reference' if m['method'] == 'full compute' else format(m['psnr_db'], '.2f')} | "
-                     f"{m['ssim']:.4f} | {m['class_accuracy']:.4f} | {m['frechet_distance']:.1f} |")
+                     f"{m['ssim']:.4f} | {_optional(m['class_accuracy'], '.4f')} | "
+                     f"{_optional(m['frechet_distance'], '.1f')} |")
     if result["uniform_psnr_at_policy_flops"] is None:
         compared = "Uniform step reduction does not reach the policy's FLOPs. "
     else:
         compared = (f"Uniform step reduction interpolated to the policy's FLOPs: "
                     f"{result['uniform_psnr_at_policy_flops']:.2f} dB; the policy: "
                     f"{result['psnr_gain_over_uniform_db']:+.2f} dB. ")
-    lines += ["", compared + "Class accuracy: "
-                  f"{-result['accuracy_drop_points']:+.2f} points vs full compute."]
+    accuracy = ("No evaluation classifier: no class accuracy or Frechet distance."
+                if result["accuracy_drop_points"] is None
+                else f"Class accuracy: {-result['accuracy_drop_points']:+.2f} points vs full compute.")
+    lines += ["", compared + accuracy]
     if result.get("uniform_psnr_at_policy_wall_clock") is not None:
         lines[-1] += (f" At the policy's batch-1 wall-clock, uniform step reduction (interpolated by its measured "
                       f"time) gives {result['uniform_psnr_at_policy_wall_clock']:.2f} dB: the policy "
                       f"{result['psnr_gain_over_uniform_at_wall_clock_db']:+.2f} dB.")
     return "\n".join(lines) + "\n"
+
+
+def _optional(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)

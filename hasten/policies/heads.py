@@ -51,7 +51,8 @@ class PolicyConfig:
     allowed_levels: dict = field(default_factory=dict)  # knob -> levels the policy may choose (default: all)
     init_probs: dict = field(default_factory=dict)  # knob -> initial probability of each level (default: uniform)
     family: str = ""  # generator family the policy was trained for (set by the trainer)
-    generator: str = ""  # generator it was trained on (informative)
+    generator: str = ""  # generator it was trained on (the default of policy eval / sample)
+    generator_options: dict = field(default_factory=dict)  # its loader options: a pipeline's prompts, resolution, ...
     num_steps: int = 0  # schedule length it was trained on (set by the trainer)
     budget: float = 0.4  # default target budget at inference
     cost_unit: str = "flops"  # unit of the budget: "flops" or "time" (measured, set by the trainer)

@@ -132,6 +132,7 @@ class GRPOTrainer:
         policy_config = copy.deepcopy(config.policy)
         policy_config.family = self.generator.family.name
         policy_config.generator = config.generator
+        policy_config.generator_options = dict(config.generator_options)
         policy_config.num_steps = self.num_steps
         policy_config.budget = config.budget
         policy_config.cost_unit = config.cost_unit

@@ -83,18 +83,14 @@ def _load_generator(args, policy=None):
 
 
 def _evaluation_classifier(args, generator):
-    """--classifier, else the generator's own, else None (a pipeline folder ships none: the class
-    accuracy and Frechet distance are left out)."""
-    from hasten.generators.classifier import ShapesClassifier
-    from hasten.generators.registry import classifier_path
+    """--classifier, else the generator's own, else None (a pipeline folder ships none)."""
+    from hasten.generators.registry import evaluation_classifier
 
-    if args.classifier:
-        return ShapesClassifier.from_pretrained(args.classifier)
-    if generator.latent_space and not os.path.isdir(os.path.join(generator.path, "classifier")):
+    classifier = evaluation_classifier(generator, args.classifier)
+    if classifier is None:
         print(f"{generator.path}: no evaluation classifier (a diffusers pipeline); class accuracy and Frechet "
               "distance are left out (--classifier PATH adds them)")
-        return None
-    return ShapesClassifier.from_pretrained(classifier_path(generator.path))
+    return classifier
 
 
 def _report(table: str, result: dict, args) -> None:
@@ -396,7 +392,13 @@ def cmd_compare(args) -> int:
         batches = ints(args.timing_batches, "--timing-batches")
         if args.policy and not os.path.isdir(args.policy):
             raise HastenError(f"--policy {args.policy}: policy folder not found (expected runs/NAME/policy)")
-        result = compare(args.generator or DEFAULT_GENERATOR, args.policy, classifier=args.classifier,
+        policy = None
+        if args.policy:
+            from hasten.policies import Policy
+
+            policy = Policy.from_pretrained(args.policy)
+        generator = _load_generator(args, policy)
+        result = compare(generator, policy, policy_path=args.policy, classifier=_evaluation_classifier(args, generator),
                          budgets=budgets, n=args.n or 256,
                          seed=args.seed, methods=args.methods, uniform_steps=uniform,
                          timing_samples=args.timing_samples, timing_repeats=args.timing_repeats,
@@ -698,8 +700,11 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--task", choices=("denoising", "reasoning"), default="denoising",
                     help="denoising (default): a DiT generator and its accelerators; reasoning: a reasoning LM, "
                          "its chain-of-thought head, fixed budgets, DEER and trl's GRPOTrainer (see below)")
-    cp.add_argument("--generator", help="embedded:NAME or a generator / reasoner folder (default: embedded:shapes, "
-                                        "or embedded:arith with --task reasoning)")
+    cp.add_argument("--generator", help="embedded:NAME or a generator / reasoner folder (default: the policy's "
+                                        "generator, else embedded:shapes, or embedded:arith with --task reasoning)")
+    cp.add_argument("--generator-option", action="append", metavar="KEY=VALUE",
+                    help="an option of the generator's loader (repeatable), e.g. for a diffusers pipeline folder "
+                         "prompts_file=PATH, resolution=512, device=cuda (default: those the policy was trained with)")
     cp.add_argument("--policy", help="learned policy folder, e.g. runs/budgets/policy (without it: no policy "
                                      "and no random policy)")
     cp.add_argument("--budgets", default="0.5,0.35,0.25",

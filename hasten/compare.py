@@ -230,7 +230,7 @@ def parse_budgets(text: str | Sequence[float]) -> tuple[float, ...]:
 
 
 # ----------------------------------------------------------------------------------- the benchmark
-def compare(generator, policy=None, classifier=None, budgets: Sequence[float] = DEFAULT_BUDGETS, n: int = 256,
+def compare(generator, policy=None, classifier=None, policy_path: str | None = None, budgets: Sequence[float] = DEFAULT_BUDGETS, n: int = 256,
             seed: int = HELD_OUT_SEED, methods: str | None = None, uniform_steps: Sequence[int] | None = None,
             timing_samples: int = 2, timing_repeats: int = 3, timing_batches: Sequence[int] = (1, 16),
             batch_size: int = 64, peer_batch_size: int = 1, progress: bool = True) -> dict:
@@ -240,7 +240,9 @@ def compare(generator, policy=None, classifier=None, budgets: Sequence[float] = 
         generator: a hasten generator (``hasten.load_generator(...)``) or its name.
         policy: a :class:`~hasten.policies.heads.Policy` or a policy folder (needed for the
             ``policy`` and ``random`` methods).
-        classifier: the evaluation classifier (default: the generator's own).
+        classifier: the evaluation classifier or its folder (default: the generator's own; a
+            diffusers pipeline folder has none: no class accuracy or Frechet distance).
+        policy_path: where ``policy`` was loaded from (recorded; a folder ``policy`` records itself).
         budgets: target budgets of the learned policy (each also gives a random policy at the
             learned policy's measured FLOPs).
         n: held-out (class, noise) pairs (seeds ``seed``..``seed + n - 1``, classes round-robin).
@@ -261,16 +263,13 @@ def compare(generator, policy=None, classifier=None, budgets: Sequence[float] = 
     from tqdm.auto import tqdm
 
     from hasten.generators import load_generator
-    from hasten.generators.classifier import ShapesClassifier
-    from hasten.generators.registry import classifier_path
+    from hasten.generators.registry import evaluation_classifier
     from hasten.policies.heads import Policy
 
     generator = load_generator(generator) if isinstance(generator, str) else generator
     budgets = parse_budgets(budgets)
     if isinstance(policy, str):
         policy_path, policy = policy, Policy.from_pretrained(policy)
-    else:
-        policy_path = None
     if n < 1:
         raise HastenError(f"n={n}: expected at least one pair")
     steps = (policy.config.num_steps if policy is not None else 0) or generator.default_steps
@@ -282,19 +281,25 @@ def compare(generator, policy=None, classifier=None, budgets: Sequence[float] = 
     calibration = ([i % generator.num_classes for i in range(8)], list(range(8)))  # training-range seeds
     peers = default_peers(steps, calibration)
     families = parse_methods(methods, peers)
+    not_applicable = dict(NOT_APPLICABLE)
+    for family, settings in list(peers.items()):  # e.g. diffusers' caches on a transformer without CacheMixin
+        reason = settings[0].unsupported(generator)
+        if reason is not None:
+            not_applicable[f"{family} ({settings[0].library})"] = reason
+            del peers[family]
+            families = [f for f in families if f != family]
     if policy is not None:
         policy.check_compatible(generator, where=policy_path or "policy")
     elif {"learned policy", "random policy"} & set(families):
         if methods:
             raise HastenError("the 'policy' and 'random' methods need --policy PATH")
         families = [f for f in families if f not in ("learned policy", "random policy")]
-    classifier = classifier or ShapesClassifier.from_pretrained(classifier_path(generator.path))
-    if isinstance(classifier, str):
-        classifier = ShapesClassifier.from_pretrained(classifier)
+    if classifier is None or isinstance(classifier, str):
+        classifier = evaluation_classifier(generator, classifier)
 
     labels = [i % generator.num_classes for i in range(n)]
     seeds = [seed + i for i in range(n)]
-    real_feats = real_features(classifier, seed, n)
+    real_feats = None if classifier is None else real_features(classifier, seed, n)
     timing_batches = sorted({int(b) for b in timing_batches})
 
     # --- the methods, in table order (the random policies are built after the learned policy ran)
@@ -344,8 +349,16 @@ def compare(generator, policy=None, classifier=None, budgets: Sequence[float] = 
         bar.update(1)
         return row
 
-    for method in plan:
-        rows.append(measure(method))
+    for method in list(plan):
+        try:
+            rows.append(measure(method))
+        except Exception as e:  # noqa: BLE001 - a library's accelerator that fails on this model
+            if method.kind != "peer":
+                raise
+            logger.warning("%s failed on this model, reported as not run: %s", method.name, e)
+            not_applicable[f"{method.name} ({method.library})"] = ("failed on this model: " + f"{type(e).__name__}: {e}".splitlines()[0][:200])
+            plan.remove(method)
+            bar.update(1)
     if "random policy" in families:
         for b in budgets:
             learned = next(r for r in rows if r["kind"] == "policy" and r["options"]["budget"] == b)
@@ -386,7 +399,7 @@ def compare(generator, policy=None, classifier=None, budgets: Sequence[float] = 
         "timing": {"batch1_samples": timing_samples, "repeats": timing_repeats, "batches": timing_batches,
                    "statistic": "median seconds per sample, all methods interleaved round-robin"},
         "quality_batch_size": {"hasten": batch_size, "peers": peer_batch_size},
-        "random_policy": random_info, "mag_cache_calibration": mag, "not_applicable": NOT_APPLICABLE,
+        "random_policy": random_info, "mag_cache_calibration": mag, "not_applicable": not_applicable,
         "libraries": {"hasten": _hasten_version(), "torch": torch.__version__,
                       "diffusers": library_version("diffusers"), "cache-dit": library_version("cache-dit")},
         "machine": machine_description(), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),

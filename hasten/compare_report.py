@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import os
 
+from hasten.io import fmt_optional as _fmt
+
 SECTION_TITLE = "## hasten compare: learned policy vs training-free accelerators"
-
-
-def _fmt(value, spec: str, missing: str = "-") -> str:
-    return missing if value is None else format(value, spec)
 
 
 def markdown(result: dict) -> str:
@@ -41,7 +39,8 @@ def markdown(result: dict) -> str:
         psnr_text = "reference" if r["kind"] == "full" else format(r["psnr_db"], ".2f")
         lines.append(f"| {r['family']} | {r['setting'] or '-'} | {library} | {r['speedup_flops']:.2f}x | " +
                      " | ".join(f"{_fmt(r.get(f'speedup_wall_batch{b}'), '.2f')}x" for b in batches) +
-                     f" | {psnr_text} | {r['ssim']:.4f} | {r['class_accuracy']:.4f} | {r['frechet_distance']:.1f} |")
+                     f" | {psnr_text} | {r['ssim']:.4f} | {_fmt(r['class_accuracy'], '.4f')} | "
+                     f"{_fmt(r['frechet_distance'], '.1f')} |")
     lines += ["", *acceptance_lines(result)]
     if result.get("random_policy"):
         lines += ["", "Random policy: knob levels drawn i.i.d. over the learned policy's allowed levels, the level "

@@ -159,3 +159,8 @@ def machine_description() -> str:
     except OSError:
         pass
     return f"{model}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+
+
+def fmt_optional(value, spec: str, missing: str = "-") -> str:
+    """``format(value, spec)``, or ``missing`` for None (a metric that was not measured)."""
+    return missing if value is None else format(value, spec)

@@ -194,6 +194,19 @@ def test_grpo_trains_a_policy_on_a_pipeline_generator(pipelines, tmp_path, capsy
     assert main(["sample", "--policy", policy_dir, "--generator-option", "prompts", "--out", str(grid)]) == 2
     assert "--generator-option 'prompts': expected key=value" in capsys.readouterr().err
 
+    # hasten compare on the pipeline's transformer: cache-dit through a BlockAdapter over SD3's joint
+    # blocks; diffusers' caches need CacheMixin, which SD3Transformer2DModel lacks: reported, not run
+    out = tmp_path / "compare.json"
+    assert main(["compare", "--policy", policy_dir, "--n", "2", "--budgets", "0.5", "--uniform-steps", "3",
+                 "--methods", "uniform,firstblockcache,dbcache,policy", "--timing-samples", "1",
+                 "--timing-repeats", "1", "--timing-batches", "1", "--quiet", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    names = [r["method"] for r in result["methods"]]
+    assert names[:2] == ["full compute", "uniform steps (3 steps)"] and names[-1] == "learned policy (budget=0.5)"
+    assert sum(r["library"] == "cache-dit" for r in result["methods"]) == 3
+    assert "no enable_cache" in result["not_applicable"]["FirstBlockCache (diffusers)"]
+    assert all(r["class_accuracy"] is None and r["ssim"] > 0 for r in result["methods"])
+
 
 def test_a_discriminator_for_pixels_on_latents_says_which_channels():
     from hasten.rewards.discriminator import Discriminator

@@ -177,6 +177,13 @@ class Peer:
     def name(self) -> str:
         return f"{self.family} ({self.setting})"
 
+    def unsupported(self, generator) -> str | None:
+        """Why this accelerator cannot attach to ``generator.transformer`` (None when it can)."""
+        if self.kind == "diffusers" and not hasattr(generator.transformer, "enable_cache"):
+            return (f"{type(generator.transformer).__name__} has no enable_cache in diffusers "
+                    f"{library_version('diffusers')} (not a CacheMixin model)")
+        return None
+
     @contextlib.contextmanager
     def applied(self, generator, num_steps: int | None = None):
         """Attach the accelerator to ``generator.transformer`` inside the context; exactly as before after."""
@@ -193,7 +200,8 @@ class Peer:
                 else:
                     cache_dit = _import_cache_dit()
                     cache_config, calibrator = config
-                    cache_dit.enable_cache(transformer, cache_config=cache_config, calibrator_config=calibrator)
+                    cache_dit.enable_cache(_cache_dit_target(cache_dit, transformer), cache_config=cache_config,
+                                           calibrator_config=calibrator)
             self._num_steps = num_steps
             yield self
         finally:
@@ -232,6 +240,20 @@ class Peer:
                                       num_steps=num_steps or self._num_steps, batch_size=batch_size)
             images.append(out)
         return torch.cat(images)
+
+
+def _cache_dit_target(cache_dit, transformer):
+    """What ``cache_dit.enable_cache`` takes: the transformer itself where cache-dit registers its
+    class (Flux), else a ``BlockAdapter`` over its joint blocks, as cache-dit's own adapter for
+    SD3 pipelines builds (cache-dit registers SD3 by its pipeline, not its transformer)."""
+    if cache_dit.BlockAdapterRegister.is_supported(transformer):
+        return transformer
+    blocks = getattr(transformer, "transformer_blocks", None)
+    if blocks is None:
+        raise HastenError(f"cache-dit: {type(transformer).__name__} is not registered by cache-dit and has no "
+                          "transformer_blocks to adapt")
+    return cache_dit.BlockAdapter(transformer=transformer, blocks=blocks,
+                                  forward_pattern=cache_dit.ForwardPattern.Pattern_1, check_forward_pattern=True)
 
 
 def _import_cache_dit():

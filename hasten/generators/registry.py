@@ -124,3 +124,15 @@ def classifier_path(generator_path: str) -> str:
         raise HastenError(f"{path}: no evaluation classifier here; train one with "
                           "`hasten generator train-classifier --out PATH` and pass --classifier PATH")
     return path
+
+
+def evaluation_classifier(generator, path: str | None = None):
+    """The evaluation classifier of policy eval and compare: ``path``, else the one shipped beside
+    the generator; None for a diffusers pipeline folder (latent samples; none ships with one)."""
+    from hasten.generators.classifier import ShapesClassifier
+
+    if path:
+        return ShapesClassifier.from_pretrained(path)
+    if generator.latent_space and not os.path.isdir(os.path.join(generator.path, "classifier")):
+        return None
+    return ShapesClassifier.from_pretrained(classifier_path(generator.path))

@@ -21,7 +21,7 @@ import torch
 
 from hasten.generators import shapes_data
 from hasten.generators.classifier import classify, frechet_distance
-from hasten.io import machine_description
+from hasten.io import fmt_optional, machine_description
 from hasten.generators.cost import time_spent
 from hasten.metrics import psnr, ssim
 
@@ -165,8 +165,8 @@ def markdown_table(result: dict) -> str:
         lines.append(f"| {m['method']} | {m['flops_fraction']:.3f} | {m['speedup_flops']:.2f}x | "
                      f"{m['speedup_wall_batch1']:.2f}x | "
                      f"{'reference' if m['method'] == 'full compute' else format(m['psnr_db'], '.2f')} | "
-                     f"{m['ssim']:.4f} | {_optional(m['class_accuracy'], '.4f')} | "
-                     f"{_optional(m['frechet_distance'], '.1f')} |")
+                     f"{m['ssim']:.4f} | {fmt_optional(m['class_accuracy'], '.4f')} | "
+                     f"{fmt_optional(m['frechet_distance'], '.1f')} |")
     if result["uniform_psnr_at_policy_flops"] is None:
         compared = "Uniform step reduction does not reach the policy's FLOPs. "
     else:
@@ -183,6 +183,3 @@ def markdown_table(result: dict) -> str:
                       f"{result['psnr_gain_over_uniform_at_wall_clock_db']:+.2f} dB.")
     return "\n".join(lines) + "\n"
 
-
-def _optional(value, spec: str) -> str:
-    return "-" if value is None else format(value, spec)

@@ -398,8 +398,8 @@ def cmd_compare(args) -> int:
 
             policy = Policy.from_pretrained(args.policy)
         generator = _load_generator(args, policy)
-        result = compare(generator, policy, policy_path=args.policy, classifier=_evaluation_classifier(args, generator),
-                         budgets=budgets, n=args.n or 256,
+        result = compare(generator, policy, policy_path=args.policy,
+                         classifier=_evaluation_classifier(args, generator), budgets=budgets, n=args.n or 256,
                          seed=args.seed, methods=args.methods, uniform_steps=uniform,
                          timing_samples=args.timing_samples, timing_repeats=args.timing_repeats,
                          timing_batches=batches, batch_size=args.batch_size, peer_batch_size=args.peer_batch_size,

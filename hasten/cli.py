@@ -225,7 +225,8 @@ def _sample_with_policy(args, generator, policy, classes, conditions, seeds) -> 
         rows += [full[i * n:(i + 1) * n], fast[i * n:(i + 1) * n]]
         row_flops = stats["flops_fraction"][i * n:(i + 1) * n].mean()
         labels += [f"{generator.class_names[c]}: full", f"policy {1 / row_flops:.1f}x"]
-    save_grid(generator.preview(torch.cat(rows)), rows=2 * len(classes), path=args.out, row_labels=labels, scale=args.scale)
+    save_grid(generator.preview(torch.cat(rows)), rows=2 * len(classes), path=args.out, row_labels=labels,
+              scale=args.scale)
     value = psnr(fast, full).clamp(max=100).mean()
     print(f"wrote {args.out}: {len(classes)} classes x {args.n} samples, full compute (upper row) vs policy "
           f"(lower row): {1 / stats['flops_fraction'].mean():.2f}x fewer FLOPs, PSNR to full {value:.2f} dB, "
@@ -398,8 +399,8 @@ def cmd_compare(args) -> int:
 
             policy = Policy.from_pretrained(args.policy)
         generator = _load_generator(args, policy)
-        result = compare(generator, policy, policy_path=args.policy,
-                         classifier=_evaluation_classifier(args, generator), budgets=budgets, n=args.n or 256,
+        result = compare(generator, policy, classifier=_evaluation_classifier(args, generator), budgets=budgets,
+                         n=args.n or 256, policy_path=args.policy,
                          seed=args.seed, methods=args.methods, uniform_steps=uniform,
                          timing_samples=args.timing_samples, timing_repeats=args.timing_repeats,
                          timing_batches=batches, batch_size=args.batch_size, peer_batch_size=args.peer_batch_size,
@@ -572,8 +573,8 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--generator", help="embedded:NAME or a generator folder (default: the policy's generator "
                                             "with --policy, else embedded:shapes)")
     sample.add_argument("--generator-option", action="append", metavar="KEY=VALUE",
-                    help="an option of the generator's loader (repeatable), e.g. for a diffusers pipeline folder "
-                         "prompts_file=PATH, resolution=512, device=cuda (default: those the policy was trained with)")
+                        help="an option of the generator's loader (repeatable), e.g. for a diffusers pipeline folder "
+                             "prompts_file=PATH, resolution=512, device=cuda (default: the policy's own)")
     sample.add_argument("--classes", default="all",
                         help="comma-separated class names or indices, or 'all' (default: %(default)s)")
     sample.add_argument("--n", type=_positive_int, default=8, help="samples per class (default: %(default)s)")
@@ -649,7 +650,7 @@ def build_parser() -> argparse.ArgumentParser:
     pe.add_argument("--classifier", help="evaluation classifier folder (default: the generator's own)")
     pe.add_argument("--generator-option", action="append", metavar="KEY=VALUE",
                     help="an option of the generator's loader (repeatable), e.g. for a diffusers pipeline folder "
-                         "prompts_file=PATH, resolution=512, device=cuda (default: those the policy was trained with)")
+                         "prompts_file=PATH, resolution=512, device=cuda (default: the policy's own)")
     pe.add_argument("--n", type=_positive_int, default=256, help="held-out pairs (default: %(default)s)")
     pe.add_argument("--budget", type=float, help="target FLOPs fraction (default: the policy's)")
     pe.add_argument("--seed", type=int, default=1_000_000, help="first held-out noise seed (default: %(default)s)")
@@ -704,7 +705,7 @@ def build_parser() -> argparse.ArgumentParser:
                                         "generator, else embedded:shapes, or embedded:arith with --task reasoning)")
     cp.add_argument("--generator-option", action="append", metavar="KEY=VALUE",
                     help="an option of the generator's loader (repeatable), e.g. for a diffusers pipeline folder "
-                         "prompts_file=PATH, resolution=512, device=cuda (default: those the policy was trained with)")
+                         "prompts_file=PATH, resolution=512, device=cuda (default: the policy's own)")
     cp.add_argument("--policy", help="learned policy folder, e.g. runs/budgets/policy (without it: no policy "
                                      "and no random policy)")
     cp.add_argument("--budgets", default="0.5,0.35,0.25",

@@ -230,10 +230,11 @@ def parse_budgets(text: str | Sequence[float]) -> tuple[float, ...]:
 
 
 # ----------------------------------------------------------------------------------- the benchmark
-def compare(generator, policy=None, classifier=None, policy_path: str | None = None, budgets: Sequence[float] = DEFAULT_BUDGETS, n: int = 256,
+def compare(generator, policy=None, classifier=None, budgets: Sequence[float] = DEFAULT_BUDGETS, n: int = 256,
             seed: int = HELD_OUT_SEED, methods: str | None = None, uniform_steps: Sequence[int] | None = None,
             timing_samples: int = 2, timing_repeats: int = 3, timing_batches: Sequence[int] = (1, 16),
-            batch_size: int = 64, peer_batch_size: int = 1, progress: bool = True) -> dict:
+            batch_size: int = 64, peer_batch_size: int = 1, progress: bool = True,
+            policy_path: str | None = None) -> dict:
     """Run every method on ``n`` held-out pairs and measure it; returns the result dict.
 
     Args:
@@ -242,7 +243,6 @@ def compare(generator, policy=None, classifier=None, policy_path: str | None = N
             ``policy`` and ``random`` methods).
         classifier: the evaluation classifier or its folder (default: the generator's own; a
             diffusers pipeline folder has none: no class accuracy or Frechet distance).
-        policy_path: where ``policy`` was loaded from (recorded; a folder ``policy`` records itself).
         budgets: target budgets of the learned policy (each also gives a random policy at the
             learned policy's measured FLOPs).
         n: held-out (class, noise) pairs (seeds ``seed``..``seed + n - 1``, classes round-robin).
@@ -254,6 +254,7 @@ def compare(generator, policy=None, classifier=None, policy_path: str | None = N
         batch_size: rows per call for hasten's own methods in the quality pass.
         peer_batch_size: rows per sampling run for library caches in the quality pass (they decide
             per batch; 1 = per image).
+        policy_path: where ``policy`` was loaded from (recorded; a folder ``policy`` records itself).
 
     Returns:
         A dict with ``methods`` (one entry per method and setting, with every metric), the
@@ -356,7 +357,8 @@ def compare(generator, policy=None, classifier=None, policy_path: str | None = N
             if method.kind != "peer":
                 raise
             logger.warning("%s failed on this model, reported as not run: %s", method.name, e)
-            not_applicable[f"{method.name} ({method.library})"] = ("failed on this model: " + f"{type(e).__name__}: {e}".splitlines()[0][:200])
+            error = f"{type(e).__name__}: {e}".splitlines()[0][:200]
+            not_applicable[f"{method.name} ({method.library})"] = f"failed on this model: {error}"
             plan.remove(method)
             bar.update(1)
     if "random policy" in families:

@@ -28,7 +28,10 @@ def markdown(result: dict) -> str:
              "relative to full compute. Wall-clock: median seconds per sample of "
              f"{result['timing']['repeats']} repeats, all methods interleaved (batch 1: "
              f"{result['timing']['batch1_samples']} samples; batch b: the first b pairs). Library caches "
-             f"decide per batch and are evaluated at batch {result['quality_batch_size']['peers']}.",
+             f"decide per batch and are evaluated at batch {result['quality_batch_size']['peers']}." +
+             ("" if any(r["class_accuracy"] is not None for r in result["methods"]) else
+              " No evaluation classifier for this generator (a diffusers pipeline): PSNR and SSIM are of "
+              "latents; no class accuracy or Frechet distance."),
              "",
              "| method | setting | library | FLOPs speedup | " +
              " | ".join(f"wall-clock speedup (batch {b})" for b in batches) +

@@ -82,6 +82,17 @@ def _load_generator(args, policy=None):
     return load_generator(path, **options)
 
 
+def _policy_and_generator(args):
+    """The policy of ``args.policy`` (None without one) and the generator it runs on, checked."""
+    from hasten.policies import Policy
+
+    policy = Policy.from_pretrained(args.policy) if args.policy else None
+    generator = _load_generator(args, policy)
+    if policy is not None:
+        policy.check_compatible(generator, where=args.policy)
+    return policy, generator
+
+
 def _evaluation_classifier(args, generator):
     """--classifier, else the generator's own, else None (a pipeline folder ships none)."""
     from hasten.generators.registry import evaluation_classifier
@@ -179,12 +190,7 @@ def cmd_sample(args) -> int:
     from hasten.images import save_grid
 
     _set_threads(args.threads)
-    policy = None
-    if args.policy:
-        from hasten.policies import Policy
-
-        policy = Policy.from_pretrained(args.policy)
-    generator = _load_generator(args, policy)
+    policy, generator = _policy_and_generator(args)
     if args.classes.strip().lower() == "all":
         classes = list(range(generator.num_classes))
     else:
@@ -211,7 +217,6 @@ def _sample_with_policy(args, generator, policy, classes, conditions, seeds) -> 
     from hasten.images import save_grid
     from hasten.metrics import psnr
 
-    policy.check_compatible(generator, where=args.policy)
     steps = args.steps or policy.config.num_steps or None
     full, full_stats = generator.sample(conditions, seeds, num_steps=steps, guidance=args.guidance,
                                         batch_size=args.batch_size, progress=not args.quiet)
@@ -294,13 +299,10 @@ def cmd_report(args) -> int:
 
 
 def cmd_policy_eval(args) -> int:
-    from hasten.policies import Policy
     from hasten.policies.evaluate import evaluate_policy, markdown_table
 
     _set_threads(args.threads)
-    policy = Policy.from_pretrained(args.policy)
-    generator = _load_generator(args, policy)
-    policy.check_compatible(generator, where=args.policy)
+    policy, generator = _policy_and_generator(args)
     classifier = _evaluation_classifier(args, generator)
     result = evaluate_policy(generator, policy, classifier, n=args.n, budget=args.budget, seed=args.seed,
                              batch_size=args.batch_size, greedy=args.greedy,
@@ -393,12 +395,7 @@ def cmd_compare(args) -> int:
         batches = ints(args.timing_batches, "--timing-batches")
         if args.policy and not os.path.isdir(args.policy):
             raise HastenError(f"--policy {args.policy}: policy folder not found (expected runs/NAME/policy)")
-        policy = None
-        if args.policy:
-            from hasten.policies import Policy
-
-            policy = Policy.from_pretrained(args.policy)
-        generator = _load_generator(args, policy)
+        policy, generator = _policy_and_generator(args)
         result = compare(generator, policy, classifier=_evaluation_classifier(args, generator), budgets=budgets,
                          n=args.n or 256, policy_path=args.policy,
                          seed=args.seed, methods=args.methods, uniform_steps=uniform,

@@ -222,7 +222,7 @@ def _sample_with_policy(args, generator, policy, classes, conditions, seeds) -> 
                                         batch_size=args.batch_size, progress=not args.quiet)
     fast, stats = generator.sample(conditions, seeds, num_steps=steps, guidance=args.guidance,
                                    decisions=policy.decide(args.budget), batch_size=args.batch_size,
-                                   forecast=policy.config.forecast,
+                                   forecast=policy.config.sampler_forecast,
                                    progress=not args.quiet)
     n = args.n
     rows, labels = [], []

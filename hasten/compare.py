@@ -100,7 +100,7 @@ def _hasten_version() -> str:
 def _own(generator, family_key, setting, steps, decisions=None, reference_steps=None, forecast=False,
          **options) -> Method:
     if forecast:
-        options["forecast"] = True
+        options["forecast"] = forecast
 
     def sample(conditions, seeds, batch_size):
         images, stats = generator.sample(list(conditions), list(seeds), num_steps=steps, decisions=decisions,
@@ -316,7 +316,7 @@ def compare(generator, policy=None, classifier=None, budgets: Sequence[float] = 
             plan += [_peer_method(generator, peer, steps) for peer in settings]
     if "learned policy" in families:
         plan += [_own(generator, "policy", f"budget={b}", steps, decisions=policy.decide(b),
-                      forecast=policy.config.forecast, budget=b) for b in budgets]
+                      forecast=policy.config.sampler_forecast, budget=b) for b in budgets]
     mag = None
     if "MagCache" in families:  # diffusers' own calibration mode, on training-range pairs
         mag = {"seeds": calibration[1], "classes": calibration[0],
@@ -366,7 +366,7 @@ def compare(generator, policy=None, classifier=None, budgets: Sequence[float] = 
             learned = next(r for r in rows if r["kind"] == "policy" and r["options"]["budget"] == b)
             blind, info = random_policy(policy, generator, learned["flops_fraction"], steps, seeds, b)
             method = _own(generator, "random", f"matched to budget={b}", steps, decisions=blind.decide(b),
-                          forecast=policy.config.forecast, matched_to_budget=b,
+                          forecast=policy.config.sampler_forecast, matched_to_budget=b,
                           target_flops_fraction=learned["flops_fraction"])
             random_info[f"budget={b}"] = info
             plan.append(method)

@@ -131,13 +131,14 @@ def test_the_policy_cuts_compute_and_changes_the_output(pipes, case):
     assert (stats["decisions"][0] != stats["decisions"][1]).any()
 
 
-@pytest.mark.parametrize("forecast", [False, True])
+@pytest.mark.parametrize("forecast", [False, True, "noise"])
 def test_skipping_reuses_the_last_velocity_as_the_samplers_jump(pipes, forecast):
     """Skip 1 everywhere: half the model calls, and exactly the Euler loop that jumps two intervals
-    (with ``forecast``: the skipped interval's velocity extrapolated from the last two calls)."""
+    (with ``forecast``: the skipped interval's velocity extrapolated from the last two calls; with
+    ``"noise"``: the noise prediction x + (1 - s) v extrapolated, turned back into a velocity)."""
     case, pipe = "flux", pipes["flux"]
     policy = busy_policy(case, allowed_levels={"step_skip": [1], "cache_reuse": [0], "sparse_attention": [0]},
-                         forecast=forecast)
+                         forecast=bool(forecast), forecast_space=forecast if forecast == "noise" else "velocity")
     first_block = pipe.transformer.transformer_blocks[0]
     calls = []
     handle = first_block.register_forward_pre_hook(lambda m, a: calls.append(1))
@@ -167,10 +168,13 @@ def test_skipping_reuses_the_last_velocity_as_the_samplers_jump(pipes, forecast)
             if not forecast:
                 x = x + (sigmas[min(j + 2, STEPS)] - sigmas[j]) * v
                 continue
-            slope = torch.zeros_like(v) if before is None else (v - before) / (sigmas[j] - sigmas[j - 2])
-            forecast_v = v + (sigmas[j + 1] - sigmas[j]) * slope
-            x = x + (sigmas[j + 1] - sigmas[j]) * v + (sigmas[j + 2] - sigmas[j + 1]) * forecast_v
-            before = v
+            q = v if forecast is True else x + (1 - sigmas[j]) * v  # what is extrapolated
+            slope = torch.zeros_like(q) if before is None else (q - before) / (sigmas[j] - sigmas[j - 2])
+            x = x + (sigmas[j + 1] - sigmas[j]) * v
+            forecast_q = q + (sigmas[j + 1] - sigmas[j]) * slope
+            forecast_v = forecast_q if forecast is True else (forecast_q - x) / (1 - sigmas[j + 1])
+            x = x + (sigmas[j + 2] - sigmas[j + 1]) * forecast_v
+            before = q
     assert (out - x).abs().max() <= 1e-5
 
 
@@ -216,7 +220,7 @@ def test_a_forecasting_policy_extrapolates_the_reused_residuals(pipes, case):
     assert (out[True] - out[False]).abs().max() > 1e-4
 
 
-@pytest.mark.parametrize("forecast", [False, True])
+@pytest.mark.parametrize("forecast", [False, True, "noise"])
 @pytest.mark.parametrize("case", ["flux-true-cfg", "sd3"])
 def test_an_image_gets_the_same_decisions_and_output_in_any_batch(pipes, case, forecast):
     pipe = pipes[case]
@@ -224,7 +228,7 @@ def test_an_image_gets_the_same_decisions_and_output_in_any_batch(pipes, case, f
     shape = (3, 64, 16) if case != "sd3" else (3, 4, 16, 16)
     latents = torch.randn(shape, generator=torch.Generator().manual_seed(7))
     batch_kwargs = {**kwargs, "latents": latents}
-    policy = busy_policy(case, forecast=forecast)
+    policy = busy_policy(case, forecast=bool(forecast), forecast_space=forecast if forecast == "noise" else "velocity")
     with hasten.accelerate(pipe, policy, budget=0.4, seeds=[10, 11, 12]) as acc:
         batch = pipe(**batch_kwargs).images
     batch_stats = acc.stats

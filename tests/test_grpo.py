@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from hasten.errors import HastenError
 from hasten.trainers.grpo import GRPOTrainer, group_advantages, grpo_loss, load_experiment
 
 
@@ -60,11 +61,15 @@ def test_two_iterations_change_every_head_parameter_and_move_the_loss(tiny_gener
 def test_forecast_reaches_the_env_and_is_saved_with_the_policy(tiny_generator_dir, tmp_path):
     from hasten.policies import Policy
 
-    trainer = GRPOTrainer(_config(tiny_generator_dir, "forecast=true", "grpo.iterations=1"), str(tmp_path / "run"))
-    assert trainer.env.forecast and trainer.policy.config.forecast
+    trainer = GRPOTrainer(_config(tiny_generator_dir, "forecast=true", "forecast_space=noise", "grpo.iterations=1"),
+                          str(tmp_path / "run"))
+    assert trainer.env.forecast == "noise" and trainer.policy.config.sampler_forecast == "noise"
     trainer.train()
-    assert trainer.env.rollout.forecast
-    assert Policy.from_pretrained(str(tmp_path / "run" / "policy")).config.forecast
+    assert trainer.env.rollout.forecast == "noise" and trainer.env.rollout.outputs.space == "noise"
+    saved = Policy.from_pretrained(str(tmp_path / "run" / "policy")).config
+    assert saved.forecast and saved.forecast_space == "noise"
+    with pytest.raises(HastenError, match="forecast_space=.cubic."):
+        _config(tiny_generator_dir, "forecast=true", "forecast_space=cubic")
 
 
 def _metrics(run):

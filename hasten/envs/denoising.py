@@ -17,7 +17,7 @@ from gymnasium.vector.utils import batch_space
 
 from hasten.errors import HastenError
 from hasten.generators.adapter import OBSERVATION, OBSERVATION_CHANGE_MAX
-from hasten.generators.knobs import KNOBS
+from hasten.generators.knobs import KNOBS, forecast_space
 from hasten.envs.references import ReferenceCache
 from hasten.rewards import CompositeReward, RewardInputs, build_reward
 
@@ -79,9 +79,11 @@ class DenoisingVectorEnv(VectorEnv):
     - ``cost_unit``: ``"flops"`` (analytic) or ``"time"`` (measured time per knob level,
       ``time_table`` (3, 3) by (cache, sparse) level, measured at batch 1 when not given): the unit
       of the cost-spent observation, the budget and the cost term.
-    - ``forecast``: a row that skips intervals steps through them with its velocity forecast
+    - ``forecast``: a row that skips intervals steps through them with its model output forecast
       at their noise levels (first order from its last two model calls, as TaylorSeer forecasts a
-      model's output) instead of its current velocity, and a row that reuses cached residuals
+      model's output; ``True`` or ``"velocity"`` extrapolates the velocity, ``"noise"`` the noise
+      prediction, see :class:`~hasten.generators.knobs.OutputForecast`) instead of its current
+      velocity, and a row that reuses cached residuals
       adds them forecast to the call's noise level from its last two full computations; no extra
       model call, no counted FLOPs.
 
@@ -94,7 +96,7 @@ class DenoisingVectorEnv(VectorEnv):
     def __init__(self, num_envs: int = 8, generator="embedded:shapes", num_steps: int | None = None,
                  guidance: float | None = None, budget: float = 0.4, budget_range=None, rewards=None,
                  reference_dir: str | None = None, references: ReferenceCache | None = None,
-                 cost_unit: str = "flops", time_table=None, forecast: bool = False):
+                 cost_unit: str = "flops", time_table=None, forecast: bool | str = False):
         if num_envs < 1:
             raise HastenError(f"num_envs={num_envs}: expected an integer >= 1")
         self.generator = _load(generator)
@@ -109,7 +111,7 @@ class DenoisingVectorEnv(VectorEnv):
         if cost_unit not in ("flops", "time"):
             raise HastenError(f"cost_unit={cost_unit!r}: expected 'flops' or 'time'")
         self.cost_unit = cost_unit
-        self.forecast = bool(forecast)
+        self.forecast = forecast_space(forecast)
         self.time_table = None
         if cost_unit == "time":
             from hasten.generators.cost import measure_time_fractions

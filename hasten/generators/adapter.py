@@ -34,7 +34,7 @@ from hasten.generators.cost import StepCost
 from hasten.generators.families import family_of
 from hasten.generators.flux_pixel import ClassEncoder
 from hasten.generators.knobs import (KNOBS, SPARSE_ATTENTION, KnobState, OutputForecast, attach_knobs, detach_knobs,
-                                     validate_decisions)
+                                     forecast_space, validate_decisions)
 
 logger = logging.getLogger(__name__)
 
@@ -301,18 +301,19 @@ class DiTGenerator:
         v, effective = self.model_call(rollout, rows, j, cache, keep)
         x = rollout.x[rows]
         dt = (rollout.sigmas[j_next] - rollout.sigmas[j]).to(v.device)
-        x = x + dt.view(-1, 1, 1, 1) * v
         if rollout.forecast:
-            # each skipped interval: an Euler step with the velocity forecast at its own noise level
+            # each skipped interval: an Euler step with the output forecast at its own noise level
             # (where the reference sampler evaluates the model), first order in sigma from the row's
-            # last two calls; as v + (sigma - sigma_j) * slope is linear, the steps sum to one term
-            rollout.outputs.update(rows, rollout.sigmas[j], v)
-            sigmas, coefficient = rollout.sigmas.double(), torch.zeros(rows.numel(), dtype=torch.float64)
-            for m in range(1, int(skip.max()) + 1):
+            # last two calls, as a velocity at the sample reached so far
+            sigmas = rollout.sigmas.to(v.device)
+            rollout.outputs.update(rows, rollout.sigmas[j], v, x)
+            for m in range(int(skip.max()) + 1):
                 at = (j + m).clamp(max=rollout.num_steps - 1)
-                term = (sigmas[at + 1] - sigmas[at]) * (sigmas[at] - sigmas[j])
-                coefficient += torch.where(j + m < j_next, term, 0.0)
-            x = x + OutputForecast._column(coefficient, v) * rollout.outputs.slope[rows]
+                dt = torch.where(j + m < j_next, sigmas[at + 1] - sigmas[at], 0.0).to(v.device)
+                step_v = v if m == 0 else rollout.outputs.at(rows, rollout.sigmas[at], x)
+                x = x + dt.view(-1, 1, 1, 1) * step_v
+        else:
+            x = x + dt.view(-1, 1, 1, 1) * v
         rollout.x[rows] = x
         fractions = self.step_cost().fractions(effective, keep)
         spent[rows] = fractions
@@ -383,15 +384,15 @@ class RowState:
 
         b = batch_size
         self.num_steps, self.sigmas, self.cfg = num_steps, sigmas, cfg
-        self.forecast = forecast
-        self.outputs = OutputForecast(b)  # each row's last velocity and its slope (for forecast)
+        self.forecast = forecast_space(forecast)  # None: skipped steps reuse the velocity
+        self.outputs = OutputForecast(b, space=self.forecast or "velocity")  # each row's last output and its slope
         self.index = torch.zeros(b, dtype=torch.long)
         self.model_calls = torch.zeros(b, dtype=torch.long)
         self.flops = torch.zeros(b, dtype=torch.float64)
         self.decisions = torch.full((b, num_steps, len(KNOBS)), -1, dtype=torch.long)
         self.last_full = torch.zeros(b, dtype=torch.long)
         self.seeds = np.zeros(b, dtype=np.int64) if seeds is None else np.asarray(seeds, dtype=np.int64).copy()
-        self.cache = RowCache(2 * b if cfg else b, forecast=forecast)
+        self.cache = RowCache(2 * b if cfg else b, forecast=self.forecast is not None)
 
     def record_call(self, rows: torch.Tensor, position: torch.Tensor, skip: torch.Tensor, cache_levels: torch.Tensor,
                     sparse: torch.Tensor, fractions: torch.Tensor) -> None:

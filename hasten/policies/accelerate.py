@@ -236,7 +236,7 @@ class _GeneratorPlugin:
         self.had_knobs = gen._knobs is not None
         original = gen.sample
         steps = self.acceleration.policy.config.num_steps or None
-        forecast = self.acceleration.policy.config.forecast
+        forecast = self.acceleration.policy.config.sampler_forecast
 
         @functools.wraps(original)
         def sample(conditions, seeds, num_steps=None, guidance=None, decisions=None, **kwargs):
@@ -305,7 +305,8 @@ class _Run:
 
     def branch_outputs(self, branch: int, batch: int) -> OutputForecast:
         if branch not in self.outputs:
-            self.outputs[branch] = OutputForecast(batch, first_order=self.rows.forecast)
+            self.outputs[branch] = OutputForecast(batch, first_order=self.rows.forecast is not None,
+                                                  space=self.rows.forecast or "velocity")
         return self.outputs[branch]
 
     def release(self) -> None:
@@ -374,7 +375,7 @@ class _PipelinePlugin:
         if skipping.numel() and not bool(outputs.seen[skipping].all()):
             raise HastenError("hasten.accelerate: an image skips a step before its first model call")
         if computing.numel() == 0:
-            return self._wrap(outputs.at(skipping, sigma), kwargs)
+            return self._wrap(outputs.at(skipping, sigma, hidden), kwargs)
 
         images = image[computing]
         effective = self.state.set_call(run.cache(branch), ids[computing], step.cache[images], step.keep[images],
@@ -389,8 +390,8 @@ class _PipelinePlugin:
         if skipping.numel():  # the skipping images: their forecast (or last) output
             full = sample.new_empty((batch, *sample.shape[1:]))
             full[computing.to(full.device)] = sample
-            full[skipping.to(full.device)] = outputs.at(skipping, sigma)
-        outputs.update(computing, sigma, sample)
+            full[skipping.to(full.device)] = outputs.at(skipping, sigma, hidden[skipping.to(hidden.device)])
+        outputs.update(computing, sigma, sample, hidden[computing.to(hidden.device)])
 
         if branch == 0:  # book the images' call once, from their conditional rows
             cond = computing >= n if run.doubled else torch.ones_like(computing, dtype=torch.bool)
@@ -460,7 +461,7 @@ class _PipelinePlugin:
                            "fractions of the schedule, so it still applies, but it was not trained for this",
                            policy_steps, num_steps)
         run = _Run(timesteps, images, doubled, torch.cat([schedule, torch.zeros(1)]),
-                   np.arange(images) if seeds is None else seeds, self.acceleration.policy.config.forecast)
+                   np.arange(images) if seeds is None else seeds, self.acceleration.policy.config.sampler_forecast)
         self.acceleration._records.append(run)
         return run
 

@@ -89,7 +89,7 @@ def evaluate_policy(generator, policy, classifier, n: int = 256, budget: float |
 
     full, _ = generator.sample(labels, seeds, num_steps=steps, batch_size=batch_size, progress=progress)
     decide = policy.decide(budget, greedy=greedy)
-    forecast = policy.config.forecast
+    forecast = policy.config.sampler_forecast
     fast, stats = generator.sample(labels, seeds, num_steps=steps, decisions=decide, batch_size=batch_size,
                                    progress=progress, forecast=forecast)
     flops = float(stats["flops_fraction"].mean())
@@ -154,7 +154,7 @@ def interpolate(xs: list[float], ys: list[float], x: float) -> float | None:
 def markdown_table(result: dict) -> str:
     lines = [f"n = {result['n']} held-out (class, noise) pairs (seeds {result['held_out_seeds'][0]}-"
              f"{result['held_out_seeds'][1]}), {result['num_steps']} steps, guidance {result['guidance']}, "
-             f"budget {result['budget']}{' (forecast)' if result.get('forecast') else ''}; "
+             f"budget {result['budget']}{_forecast_label(result.get('forecast'))}; "
              f"{result['machine']}, {result['date']}. Wall-clock: batch 1, "
              f"{result['timing']['samples']} samples, median of {result['timing']['repeats']} interleaved repeats.",
              "",
@@ -183,3 +183,6 @@ def markdown_table(result: dict) -> str:
                       f"{result['psnr_gain_over_uniform_at_wall_clock_db']:+.2f} dB.")
     return "\n".join(lines) + "\n"
 
+
+def _forecast_label(forecast) -> str:
+    return "" if not forecast else " (forecast)" if forecast is True else f" (forecast: {forecast})"

@@ -30,7 +30,7 @@ from torch.distributions import Categorical
 from hasten.errors import HastenError
 from hasten.generators.adapter import OBSERVATION
 from hasten.generators.cost import time_spent
-from hasten.generators.knobs import KNOBS
+from hasten.generators.knobs import FORECAST_SPACES, KNOBS
 from hasten.io import atomic_directory, read_json, read_safetensors
 
 CONFIG_NAME = "policy_config.json"
@@ -58,6 +58,7 @@ class PolicyConfig:
     cost_unit: str = "flops"  # unit of the budget: "flops" or "time" (measured, set by the trainer)
     time_table: list = field(default_factory=list)  # (cache, sparse) -> time fraction, for cost_unit "time"
     forecast: bool = False  # skipped steps and reused residuals are forecast (set by the trainer)
+    forecast_space: str = "velocity"  # what skipped steps extrapolate: "velocity" or "noise" (set by the trainer)
     knobs: dict = field(default_factory=lambda: dict(DIT_KNOBS))  # knob -> levels (set by the trainer)
     observation: list = field(default_factory=lambda: list(OBSERVATION))  # observation columns (set by the trainer)
     chain_format: dict = field(default_factory=dict)  # reasoning: {"boundary": ..., "answer_prefix": ...}
@@ -69,6 +70,8 @@ class PolicyConfig:
             raise ValueError(f"budget={self.budget}: expected a FLOPs fraction in (0, 1]")
         if self.cost_unit not in ("flops", "time"):
             raise ValueError(f"cost_unit={self.cost_unit!r}: expected 'flops' or 'time'")
+        if self.forecast_space not in FORECAST_SPACES:
+            raise ValueError(f"forecast_space={self.forecast_space!r}: expected one of {', '.join(FORECAST_SPACES)}")
         if self.cost_unit == "time" and (len(self.time_table) != 3 or any(len(r) != 3 for r in self.time_table)):
             raise ValueError(f"time_table={self.time_table}: cost_unit 'time' needs 3 x 3 time fractions "
                              "(cache level x sparse level)")
@@ -87,6 +90,11 @@ class PolicyConfig:
             if probs is not None and (len(probs) != len(knob_levels) or any(p < 0 for p in probs) or sum(probs) <= 0):
                 raise ValueError(f"init_probs.{name}={probs}: expected {len(knob_levels)} non-negative "
                                  "numbers with a positive sum")
+
+    @property
+    def sampler_forecast(self) -> bool | str:
+        """The sampler's ``forecast`` argument this policy was trained with (False, or the space)."""
+        return self.forecast and self.forecast_space
 
 
 class Policy(nn.Module):

@@ -54,7 +54,7 @@ class RolloutSpec:
     generator_options: dict = field(default_factory=dict)  # a pipeline folder's prompts, resolution, dtype, device
     task: str = "denoising"  # or "reasoning": a causal LM, hasten/Reasoning-v0 and a chain-of-thought head
     group_size: int = 1  # rows per GRPO group (the reasoning env terminates a group's rows together)
-    forecast: bool = False  # skipped steps and reused residuals are forecast
+    forecast: bool | str = False  # skipped steps and reused residuals are forecast (True, "velocity", "noise")
 
 
 class RolloutWorker:

@@ -137,6 +137,7 @@ class GRPOTrainer:
         policy_config.budget = config.budget
         policy_config.cost_unit = config.cost_unit
         policy_config.forecast = config.forecast
+        policy_config.forecast_space = config.forecast_space
         if config.cost_unit == "time":
             from hasten.generators.cost import measure_time_fractions
 
@@ -151,13 +152,13 @@ class GRPOTrainer:
                                       num_steps=self.num_steps, guidance=self.guidance, budget=config.budget,
                                       rewards=self.reward, references=references, cost_unit=config.cost_unit,
                                       time_table=policy_config.time_table or None,
-                                      forecast=config.forecast)
+                                      forecast=policy_config.sampler_forecast)
         if config.rollouts.backend == "ray":
             spec = RolloutSpec(generator=_local_path(config.generator), num_steps=self.num_steps,
                                generator_options=_worker_options(config.generator_options), guidance=self.guidance,
                                budget=config.budget, rewards=config.rewards, cost_unit=config.cost_unit,
                                time_table=policy_config.time_table or None, policy=to_dict(policy_config),
-                               threads=config.rollouts.threads, forecast=config.forecast)
+                               threads=config.rollouts.threads, forecast=policy_config.sampler_forecast)
             self.pool = RayPool(spec, config.rollouts, g.group_size, reward=self.reward, references=references)
         else:
             self.pool = InProcessPool(self.env)

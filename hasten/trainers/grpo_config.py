@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 
+from hasten.generators.knobs import FORECAST_SPACES
 from hasten.policies.heads import PolicyConfig
 
 #: name -> {weight, options}: PSNR/10 to full compute, -4x the relative budget overshoot, P(full) by the discriminator
@@ -119,6 +120,7 @@ class ExperimentConfig:
     budget: float = 0.4  # target cost fraction (0, 1]
     cost_unit: str = "flops"  # "flops" (analytic) or "time" (measured per knob level at batch 1 at the start)
     forecast: bool = False  # skipped steps and reused residuals extrapolated (first order in sigma) instead of reused
+    forecast_space: str = "velocity"  # what a skipped step extrapolates: "velocity" or "noise" (x + (1 - sigma) v)
     budget_range: list[float] = field(default_factory=list)  # [lo, hi]: draw a budget per group instead
     train_pairs: int = 64  # size of the pool of (class, noise) training pairs
     policy: PolicyConfig = field(default_factory=PolicyConfig)
@@ -138,6 +140,8 @@ class ExperimentConfig:
             raise ValueError(f"budget={self.budget}: expected a FLOPs fraction in (0, 1], e.g. 0.4 for 2.5x")
         if self.cost_unit not in ("flops", "time"):
             raise ValueError(f"cost_unit={self.cost_unit!r}: expected 'flops' or 'time'")
+        if self.forecast_space not in FORECAST_SPACES:
+            raise ValueError(f"forecast_space={self.forecast_space!r}: expected one of {', '.join(FORECAST_SPACES)}")
         if self.budget_range:
             lo_hi = self.budget_range
             if len(lo_hi) != 2 or not 0 < lo_hi[0] <= lo_hi[1] <= 1:

@@ -131,10 +131,15 @@ class OutputForecast:
         self.rows = rows
         self.first_order = first_order
         self.space = space
+        self.all_rows = torch.arange(rows)
+        # each row's last two outputs and their noise levels; the slope is only worked out for the
+        # rows that forecast (most calls only store, and at batch 1 every tensor op shows in the time)
         self.output: torch.Tensor | None = None
-        self.slope: torch.Tensor | None = None
+        self.previous: torch.Tensor | None = None
         self.sigma = torch.zeros(rows, dtype=torch.float64)
+        self.previous_sigma = torch.zeros(rows, dtype=torch.float64)
         self.seen = torch.zeros(rows, dtype=torch.bool)
+        self.previous_seen = torch.zeros(rows, dtype=torch.bool)
 
     def update(self, ids: torch.Tensor, sigma: torch.Tensor, output: torch.Tensor,
                x: torch.Tensor | None = None) -> None:
@@ -144,13 +149,18 @@ class OutputForecast:
         output = self._stored(output.detach(), sigma, x)
         if self.output is None:
             self.output = output.new_zeros((self.rows, *output.shape[1:]))
-            self.slope = torch.zeros_like(self.output) if self.first_order else None
+            self.previous = torch.zeros_like(self.output) if self.first_order else None
         if self.first_order:
-            before = self.seen[ids] & (sigma != self.sigma[ids])  # a slope needs two noise levels
-            step = torch.where(before, sigma - self.sigma[ids], torch.ones_like(sigma))
-            slope = (output - self.output[ids]) / self._column(step, output)
-            self.slope[ids] = torch.where(self._column(before, output), slope, torch.zeros_like(slope))
-        self.output[ids] = output
+            self.previous_sigma[ids] = self.sigma[ids]
+            self.previous_seen[ids] = self.seen[ids]
+        if torch.equal(ids, self.all_rows):  # every row, in order: swap tensors instead of copying rows
+            if self.first_order:
+                self.previous = self.output
+            self.output = output if self.space == "noise" else output.clone()  # (noise: already a new tensor)
+        else:
+            if self.first_order:
+                self.previous[ids] = self.output[ids]
+            self.output[ids] = output
         self.sigma[ids] = sigma
         self.seen[ids] = True
 
@@ -160,14 +170,18 @@ class OutputForecast:
         if self.output is None or not bool(self.seen[ids].all()):
             raise HastenError("a row forecasts its model output before its first model call")
         sigma = torch.as_tensor(sigma, dtype=torch.float64).expand(ids.shape)
-        if not self.first_order:
-            forecast = self.output[ids].clone()
-        else:
-            forecast = self.output[ids] + self._column(sigma - self.sigma[ids], self.output) * self.slope[ids]
+        output = self.output[ids]
+        if self.first_order:
+            # the change per unit noise level between the last two calls (none before a second one)
+            last = self.sigma[ids]
+            before = self.previous_seen[ids] & (last != self.previous_sigma[ids])
+            step = torch.where(before, last - self.previous_sigma[ids], torch.ones_like(last))
+            scale = torch.where(before, (sigma - last) / step, torch.zeros_like(last))
+            output = output + self._column(scale, output) * (output - self.previous[ids])
         if self.space == "velocity":
-            return forecast
+            return output
         x = self._sample(x)
-        return ((forecast - x.float()) / self._column(1.0 - sigma, forecast)).to(x.dtype)
+        return ((output - x.float()) / self._column(1.0 - sigma, output)).to(x.dtype)
 
     def forget(self, ids: torch.Tensor) -> None:
         self.seen[ids] = False
@@ -220,10 +234,13 @@ class RowCache:
         output = output.detach().float()
         if self.first_output is None:
             self.first_output = output.new_zeros((self.max_rows, *output.shape[1:]))
-        previous = self.first_output[ids]
+        whole = torch.equal(ids, torch.arange(self.max_rows))  # every row, in order: no gathers
+        previous = self.first_output if whole else self.first_output[ids]
         change = (output - previous).abs().mean(dim=(1, 2)) / previous.abs().mean(dim=(1, 2)).clamp_min(1e-6)
         self.change[ids] = torch.where(self.filled[ids], change.cpu(), torch.zeros_like(change.cpu()))
-        if bool(full.any()):
+        if whole and bool(full.all()):
+            self.first_output = output.clone()
+        elif bool(full.any()):
             self.first_output[ids[full]] = output[full.to(output.device)]
 
     def store(self, boundary: int, ids: torch.Tensor, residual: torch.Tensor, sigma: torch.Tensor) -> None:
@@ -306,7 +323,7 @@ class KnobBlockHook(ModelHook):
         state.text_len = context.shape[1]
         full = state.start == state.num_blocks
         if i in state.boundaries and bool(full.any()):
-            state._boundary_inputs[i] = hidden[full]
+            state._boundary_inputs[i] = hidden if bool(full.all()) else hidden[full]
         compute = state.start > i
         if bool(compute.all()):
             state.keep_now = state.keep
@@ -332,7 +349,11 @@ class KnobBlockHook(ModelHook):
         """Last block: cache the residuals of full rows; add cached residuals to reusing rows."""
         state, cache = self.state, self.state.cache
         ids = state.row_ids
-        if bool(full.any()):
+        if bool(full.all()):
+            for b in state.boundaries:
+                cache.store(b, ids, hidden - state._boundary_inputs[b], state.sigma)
+            cache.filled[ids] = True
+        elif bool(full.any()):
             for b in state.boundaries:
                 cache.store(b, ids[full], hidden[full] - state._boundary_inputs[b], state.sigma[full])
             cache.filled[ids[full]] = True

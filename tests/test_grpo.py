@@ -132,3 +132,23 @@ def test_reward_curve_rises_in_tensorboard(tiny_generator_dir, tmp_path):
 def test_quickstart_experiment_file_is_valid():
     config = load_experiment("experiments/quickstart.yaml")
     assert config.generator == "embedded:shapes" and config.grpo.group_size >= 2 and 0 < config.budget <= 1
+
+
+def test_budget_stages_move_the_drawn_budgets_at_their_iteration(tiny_generator_dir, tmp_path):
+    config = _config(tiny_generator_dir, "budget_range=[0.5,0.9]", "budget_stages=[[1,0.1,0.2]]")
+    trainer = GRPOTrainer(config, str(tmp_path / "run"))
+    for iteration, (lo, hi) in [(0, (0.5, 0.9)), (1, (0.1, 0.2)), (5, (0.1, 0.2))]:
+        budgets = trainer.iteration_plan(iteration)[2]
+        assert ((budgets >= lo) & (budgets <= hi)).all(), iteration
+        assert len(set(budgets.tolist())) == config.grpo.groups_per_iteration  # one budget per group
+    for bad in ("[[1,0.3,0.2]]", "[[2,0.1,0.2],[1,0.1,0.2]]", "[[1,0.1]]", "[0.1,0.2]"):
+        with pytest.raises(HastenError, match="budget_stages"):
+            _config(tiny_generator_dir, f"budget_stages={bad}")
+
+
+def test_the_budgets_experiment_is_one_run_with_a_lower_range_at_the_end():
+    config = load_experiment("experiments/quickstart_budgets.yaml")
+    assert config.budget_range and config.budget_stages
+    assert config.budget_stages[-1][0] < config.grpo.iterations
+    assert config.budget_range_at(config.grpo.iterations - 1)[0] < config.budget_range[0]
+    assert config.forecast and config.forecast_space == "noise"

@@ -207,9 +207,9 @@ class GRPOTrainer:
         rng = np.random.default_rng([c.seed, iteration])
         chosen = rng.choice(len(self.pairs), size=g.groups_per_iteration, replace=False)
         pairs = np.repeat(self.pairs[chosen], g.group_size, axis=0)
-        if c.budget_range:
-            budgets = np.repeat(rng.uniform(c.budget_range[0], c.budget_range[1], g.groups_per_iteration),
-                                g.group_size)
+        lo_hi = c.budget_range_at(iteration)
+        if lo_hi:
+            budgets = np.repeat(rng.uniform(lo_hi[0], lo_hi[1], g.groups_per_iteration), g.group_size)
         else:
             budgets = np.full(len(pairs), c.budget)
         row_seeds = rng.integers(0, 2**62, size=len(pairs))

@@ -122,12 +122,21 @@ class ExperimentConfig:
     forecast: bool = False  # skipped steps and reused residuals extrapolated (first order in sigma) instead of reused
     forecast_space: str = "velocity"  # what a skipped step extrapolates: "velocity" or "noise" (x + (1 - sigma) v)
     budget_range: list[float] = field(default_factory=list)  # [lo, hi]: draw a budget per group instead
+    budget_stages: list = field(default_factory=list)  # [[iteration, lo, hi], ...]: the range from that iteration on
     train_pairs: int = 64  # size of the pool of (class, noise) training pairs
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     rewards: dict = field(default_factory=lambda: copy.deepcopy(DEFAULT_EXPERIMENT_REWARDS))
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     rollouts: RolloutConfig = field(default_factory=RolloutConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def budget_range_at(self, iteration: int) -> list[float]:
+        """The budget range of ``iteration`` (``budget_range``, or its latest stage; [] = the fixed budget)."""
+        lo_hi = self.budget_range
+        for first, lo, hi in self.budget_stages:
+            if iteration >= first:
+                lo_hi = [lo, hi]
+        return lo_hi
 
     def __post_init__(self):
         if not self.generator:
@@ -146,6 +155,15 @@ class ExperimentConfig:
             lo_hi = self.budget_range
             if len(lo_hi) != 2 or not 0 < lo_hi[0] <= lo_hi[1] <= 1:
                 raise ValueError(f"budget_range={lo_hi}: expected [lo, hi] with 0 < lo <= hi <= 1")
+        first = -1
+        for stage in self.budget_stages:
+            if (not isinstance(stage, (list, tuple)) or len(stage) != 3 or isinstance(stage[0], bool)
+                    or not isinstance(stage[0], int) or stage[0] <= first
+                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in stage[1:])
+                    or not 0 < stage[1] <= stage[2] <= 1):
+                raise ValueError(f"budget_stages: {stage!r}: expected [iteration, lo, hi] with increasing "
+                                 "iterations >= 0 and 0 < lo <= hi <= 1, e.g. [[64, 0.12, 0.9]]")
+            first = stage[0]
         if self.num_steps < 0:
             raise ValueError(f"num_steps={self.num_steps}: expected an integer >= 1 (or 0 for the generator's)")
         if self.guidance < 0 and self.guidance != -1.0:

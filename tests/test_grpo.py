@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from hasten.errors import HastenError
-from hasten.trainers.grpo import GRPOTrainer, group_advantages, grpo_loss, load_experiment
+from hasten.trainers.grpo import GRPOTrainer, group_advantages, grpo_loss, load_experiment, resume_config
 
 
 def test_group_advantages_by_hand():
@@ -151,4 +151,13 @@ def test_the_budgets_experiment_is_one_run_with_a_lower_range_at_the_end():
     assert config.budget_range and config.budget_stages
     assert config.budget_stages[-1][0] < config.grpo.iterations
     assert config.budget_range_at(config.grpo.iterations - 1)[0] < config.budget_range[0]
-    assert config.forecast and config.forecast_space == "noise"
+    assert config.forecast
+
+
+def test_a_resume_keeps_its_overrides_for_the_next_resume(tiny_generator_dir, tmp_path):
+    run = str(tmp_path / "run")
+    GRPOTrainer(_config(tiny_generator_dir, "grpo.iterations=1"), run).train()
+    extended = resume_config(run, ["grpo.iterations=2", "budget_stages=[[1,0.1,0.2]]", "forecast=true"])
+    GRPOTrainer(extended, run).train(resume=True)
+    again = resume_config(run)
+    assert again.grpo.iterations == 2 and again.budget_stages == [[1, 0.1, 0.2]] and again.forecast

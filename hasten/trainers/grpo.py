@@ -318,15 +318,13 @@ class GRPOTrainer:
         os.makedirs(self.run_dir, exist_ok=True)
         if resume:
             self.load_checkpoint()
-        else:
-            import yaml
+        import yaml
 
-            write_text_atomic(os.path.join(self.run_dir, CONFIG_FILE), yaml.safe_dump(to_dict(c), sort_keys=False))
+        # also on resume: its --set overrides (more iterations, a later budget stage) hold for the next resume too
+        write_text_atomic(os.path.join(self.run_dir, CONFIG_FILE), yaml.safe_dump(to_dict(c), sort_keys=False))
         _truncate_metrics(os.path.join(self.run_dir, METRICS_FILE), self.iteration)
         self.writer = SummaryWriter(os.path.join(self.run_dir, "tb"), purge_step=self.iteration if resume else None)
         if not resume:
-            import yaml
-
             self.writer.add_text("config", "```yaml\n" + yaml.safe_dump(to_dict(c), sort_keys=False) + "\n```", 0)
         iterations = range(self.iteration, c.grpo.iterations)
         bar = None

@@ -83,9 +83,8 @@ class DenoisingVectorEnv(VectorEnv):
       at their noise levels (first order from its last two model calls, as TaylorSeer forecasts a
       model's output; ``True`` or ``"velocity"`` extrapolates the velocity, ``"noise"`` the noise
       prediction, see :class:`~hasten.generators.knobs.OutputForecast`) instead of its current
-      velocity, and a row that reuses cached residuals
-      adds them forecast to the call's noise level from its last two full computations; no extra
-      model call, no counted FLOPs.
+      velocity, and a row that reuses cached residuals adds them forecast to the call's noise
+      level from its last two full computations; no extra model call, no counted FLOPs.
 
     ``reset`` options: ``conditions`` and ``seeds`` (one class and noise seed per row; drawn from
     ``np_random`` when absent), ``budget`` (a number or one per row), ``reset_mask``.

@@ -300,7 +300,6 @@ class DiTGenerator:
         keep = torch.tensor(SPARSE_ATTENTION.levels, dtype=torch.float32)[sparse]
         v, effective = self.model_call(rollout, rows, j, cache, keep)
         x = rollout.x[rows]
-        dt = (rollout.sigmas[j_next] - rollout.sigmas[j]).to(v.device)
         if rollout.forecast:
             # each skipped interval: an Euler step with the output forecast at its own noise level
             # (where the reference sampler evaluates the model), first order in sigma from the row's
@@ -312,7 +311,8 @@ class DiTGenerator:
                 dt = torch.where(j + m < j_next, sigmas[at + 1] - sigmas[at], 0.0).to(v.device)
                 step_v = v if m == 0 else rollout.outputs.at(rows, rollout.sigmas[at], x)
                 x = x + dt.view(-1, 1, 1, 1) * step_v
-        else:
+        else:  # one Euler step over the whole jump with the current velocity
+            dt = (rollout.sigmas[j_next] - rollout.sigmas[j]).to(v.device)
             x = x + dt.view(-1, 1, 1, 1) * v
         rollout.x[rows] = x
         fractions = self.step_cost().fractions(effective, keep)

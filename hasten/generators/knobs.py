@@ -216,6 +216,7 @@ class RowCache:
 
     def __init__(self, max_rows: int, forecast: bool = False):
         self.max_rows = max_rows
+        self.all_rows = torch.arange(max_rows)
         self.forecast = bool(forecast)  # reuse the residual extrapolated to the call's noise level (first order)
         self.residuals: dict[int, OutputForecast] = {}
         self.filled = torch.zeros(max_rows, dtype=torch.bool)
@@ -234,7 +235,7 @@ class RowCache:
         output = output.detach().float()
         if self.first_output is None:
             self.first_output = output.new_zeros((self.max_rows, *output.shape[1:]))
-        whole = torch.equal(ids, torch.arange(self.max_rows))  # every row, in order: no gathers
+        whole = torch.equal(ids, self.all_rows)  # every row, in order: no gathers
         previous = self.first_output if whole else self.first_output[ids]
         change = (output - previous).abs().mean(dim=(1, 2)) / previous.abs().mean(dim=(1, 2)).clamp_min(1e-6)
         self.change[ids] = torch.where(self.filled[ids], change.cpu(), torch.zeros_like(change.cpu()))
@@ -349,14 +350,12 @@ class KnobBlockHook(ModelHook):
         """Last block: cache the residuals of full rows; add cached residuals to reusing rows."""
         state, cache = self.state, self.state.cache
         ids = state.row_ids
-        if bool(full.all()):
+        if bool(full.any()):
+            every = bool(full.all())  # then no mask copies
+            rows, done, sigma = (ids, hidden, state.sigma) if every else (ids[full], hidden[full], state.sigma[full])
             for b in state.boundaries:
-                cache.store(b, ids, hidden - state._boundary_inputs[b], state.sigma)
-            cache.filled[ids] = True
-        elif bool(full.any()):
-            for b in state.boundaries:
-                cache.store(b, ids[full], hidden[full] - state._boundary_inputs[b], state.sigma[full])
-            cache.filled[ids[full]] = True
+                cache.store(b, rows, done - state._boundary_inputs[b], sigma)
+            cache.filled[rows] = True
         reuse = ~full
         if bool(reuse.any()):
             hidden = hidden.clone()

@@ -149,7 +149,8 @@ def random_policy(policy, generator, target_fraction: float, num_steps: int, see
     from hasten.policies.heads import Policy, PolicyConfig
 
     cost = generator.step_cost()
-    allowed = {k.name: list(policy.config.allowed_levels.get(k.name, range(len(k.levels)))) for k in KNOBS}
+    heads = policy.knobs  # each head's levels (up to the highest the policy may use)
+    allowed = {name: list(policy.config.allowed_levels.get(name, range(len(levels)))) for name, levels in heads.items()}
     keep = torch.tensor(KNOBS[2].levels, dtype=torch.float32)
     sigmas = generator.make_scheduler(num_steps).sigmas.cpu()
 
@@ -157,7 +158,7 @@ def random_policy(policy, generator, target_fraction: float, num_steps: int, see
         probs = {}
         for knob in KNOBS:
             levels = allowed[knob.name]
-            zero, uniform, cheapest = (np.zeros(len(knob.levels)) for _ in range(3))
+            zero, uniform, cheapest = (np.zeros(len(heads[knob.name])) for _ in range(3))
             zero[levels[0]], uniform[levels], cheapest[levels[-1]] = 1.0, 1.0 / len(levels), 1.0
             mix = (1 - t) * zero + t * uniform if t <= 1 else (2 - t) * uniform + (t - 1) * cheapest
             probs[knob.name] = [float(v) for v in mix]

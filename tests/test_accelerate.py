@@ -19,7 +19,7 @@ STEPS = 8
 SIZE = 32  # pixels; the tiny VAE halves it: 16x16 latents, 64 image tokens
 TEXT_TOKENS, COND_DIM = 3, 16
 # a policy that uses every knob often, so that decisions differ between images and steps
-BUSY = {"step_skip": [0.5, 0.3, 0.2], "cache_reuse": [0.4, 0.3, 0.3], "sparse_attention": [0.4, 0.3, 0.3]}
+BUSY = {"step_skip": [0.4, 0.2, 0.1, 0.1, 0.1, 0.1], "cache_reuse": [0.4, 0.3, 0.3], "sparse_attention": [0.4, 0.3, 0.3]}
 
 
 def make_pipe(family: str, guidance_embeds: bool = False, seed: int = 0):

@@ -23,7 +23,7 @@ def tiny_policy_dir(tmp_path_factory, tiny_generator):
     torch.manual_seed(0)
     policy = Policy(PolicyConfig(family="flux", num_steps=tiny_generator.default_steps,
                                  allowed_levels={"sparse_attention": [0]},
-                                 init_probs={"step_skip": [0.5, 0.3, 0.2], "cache_reuse": [0.4, 0.2, 0.4]}))
+                                 init_probs={"step_skip": [0.4, 0.2, 0.1, 0.1, 0.1, 0.1], "cache_reuse": [0.4, 0.2, 0.4]}))
     path = str(tmp_path_factory.mktemp("policy") / "policy")
     policy.save_pretrained(path)
     return path

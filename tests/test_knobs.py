@@ -64,6 +64,16 @@ def test_step_skip_one_halves_the_model_calls(generator):
     assert stats["model_calls"].tolist() == [10]
 
 
+@pytest.mark.parametrize("forecast", [False, "noise"])
+def test_step_skip_levels_jump_their_intervals(generator, forecast):
+    # levels 3, 4, 5 jump 3, 5, 7 intervals: 28 steps in 7, 5 and 4 calls, at the right positions
+    for level, calls in ((3, 7), (4, 5), (5, 4)):
+        _, stats = generator.sample(CONDS[:1], SEEDS[:1], num_steps=28, decisions=[level, 0, 0], forecast=forecast)
+        assert stats["model_calls"].tolist() == [calls]
+        made = (stats["decisions"][0, :, 0] >= 0).nonzero()[0].tolist()
+        assert made == list(range(0, 28, KNOBS[0].levels[level] + 1))
+
+
 def test_rows_that_reuse_the_cache_are_not_sent_through_skipped_blocks(generator):
     blocks = generator.family.blocks(generator.transformer)
     seen = [[] for _ in blocks]

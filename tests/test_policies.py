@@ -47,7 +47,7 @@ def test_broken_policy_files_are_clear_errors(tmp_path):
 
 def test_masked_levels_are_never_chosen_and_init_probs_apply():
     policy = Policy(PolicyConfig(allowed_levels={"sparse_attention": [0]},
-                                 init_probs={"step_skip": [0.7, 0.2, 0.1]}))
+                                 init_probs={"step_skip": [0.7, 0.1, 0.1, 0.05, 0.03, 0.02]}))
     actions, logp = policy.act(torch.rand(500, len(OBSERVATION)), generator=torch.Generator().manual_seed(0))
     assert (actions[:, 2] == 0).all() and torch.isfinite(logp).all()
     share = (actions[:, 0] == 0).float().mean()
@@ -65,7 +65,24 @@ def test_explicit_uniforms_make_row_decisions_batch_independent():
     torch.testing.assert_close(together, alone)
 
 
+def test_a_head_covers_the_levels_up_to_the_highest_allowed_and_old_policies_still_load(tiny_generator, tmp_path):
+    policy = Policy(PolicyConfig(family="flux", allowed_levels={"step_skip": [0, 2]},
+                                 init_probs={"step_skip": [0.2, 0.3, 0.5, 0.0, 0.0, 0.0]}))
+    assert policy.knobs["step_skip"] == [0, 1, 2] and policy.heads["step_skip"].out_features == 3
+    assert policy.config.init_probs["step_skip"] == [0.2, 0.3, 0.5]  # given for all levels: cut to the head's
+    policy.save_pretrained(str(tmp_path / "p"))
+    loaded = load_policy(str(tmp_path / "p"), tiny_generator)  # (0, 1, 2) are this hasten's first levels
+    assert loaded.knobs == policy.knobs
+    with pytest.raises(ValueError, match=r"init_probs.step_skip=\[0.5, 0.5\]: expected 3"):
+        PolicyConfig(allowed_levels={"step_skip": [0, 2]}, init_probs={"step_skip": [0.5, 0.5]})
+    config = json.load(open(tmp_path / "p" / "policy_config.json"))
+    config["knobs"]["step_skip"] = [0, 2, 4]
+    (tmp_path / "p" / "policy_config.json").write_text(json.dumps(config))
+    with pytest.raises(HastenError, match="are not the first levels"):
+        load_policy(str(tmp_path / "p"), tiny_generator)
+
+
 def test_policy_drives_the_sampler(tiny_generator):
-    policy = Policy(PolicyConfig(family="flux", init_probs={"step_skip": [0.0, 0.0, 1.0]}))
+    policy = Policy(PolicyConfig(family="flux", init_probs={"step_skip": [0.0, 0.0, 1.0, 0.0, 0.0, 0.0]}))
     images, stats = tiny_generator.sample([0, 1], [0, 1], decisions=policy.decide(0.5))
     assert images.shape[0] == 2 and (stats["model_calls"] == 2).all()  # 6 steps, skipping 2 each call

@@ -163,7 +163,7 @@ def test_concatenated_shards_equal_the_whole_batch(tiny_generator):
     from hasten.rollouts import InProcessPool
 
     torch.manual_seed(0)
-    policy = Policy(PolicyConfig(init_probs={"step_skip": [0.5, 0.3, 0.2]}))
+    policy = Policy(PolicyConfig(init_probs={"step_skip": [0.4, 0.2, 0.1, 0.1, 0.1, 0.1]}))
     conditions, seeds = [0, 1, 2, 3], [10, 11, 12, 13]
     budgets, row_seeds = np.full(4, 0.4), np.arange(4) + 100
 

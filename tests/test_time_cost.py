@@ -45,7 +45,7 @@ def test_policy_with_time_unit_needs_its_table():
 
 def _recording_policy():
     policy = Policy(PolicyConfig(cost_unit="time", time_table=TABLE, init_probs={
-        "step_skip": [1, 0, 0], "cache_reuse": [0, 0, 1], "sparse_attention": [1, 0, 0]}))
+        "step_skip": [1, 0, 0, 0, 0, 0], "cache_reuse": [0, 0, 1], "sparse_attention": [1, 0, 0]}))
     seen = []
     real_act = policy.act
 

@@ -49,7 +49,7 @@ class DenoisingVectorEnv(VectorEnv):
     """A batch of denoising episodes of a frozen DiT, one batched model call per step.
 
     ## Action Space
-    ``MultiDiscrete([3, 3, 3])`` per row: step_skip (jump 0/1/2 extra schedule intervals),
+    ``MultiDiscrete([6, 3, 3])`` per row: step_skip (jump 0/1/2/3/5/7 extra schedule intervals),
     cache_reuse (none / deep half / all but the first block), sparse_attention (keep 1.0 / 0.5 /
     0.25 of the image key blocks). Level 0 everywhere is the plain sampler.
 

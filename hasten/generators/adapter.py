@@ -33,8 +33,8 @@ from hasten.errors import HastenError
 from hasten.generators.cost import StepCost
 from hasten.generators.families import family_of
 from hasten.generators.flux_pixel import ClassEncoder
-from hasten.generators.knobs import (KNOBS, SPARSE_ATTENTION, KnobState, OutputForecast, attach_knobs, detach_knobs,
-                                     forecast_space, validate_decisions)
+from hasten.generators.knobs import (KNOBS, SKIP_INTERVALS, SPARSE_ATTENTION, KnobState, OutputForecast, attach_knobs,
+                                     detach_knobs, forecast_space, validate_decisions)
 
 logger = logging.getLogger(__name__)
 
@@ -296,7 +296,8 @@ class DiTGenerator:
             return spent
         skip, cache, sparse = levels[rows].long().unbind(1)
         j = rollout.index[rows]
-        j_next = (j + 1 + skip).clamp(max=rollout.num_steps)
+        jump = SKIP_INTERVALS[skip]
+        j_next = (j + 1 + jump).clamp(max=rollout.num_steps)
         keep = torch.tensor(SPARSE_ATTENTION.levels, dtype=torch.float32)[sparse]
         v, effective = self.model_call(rollout, rows, j, cache, keep)
         x = rollout.x[rows]
@@ -306,7 +307,7 @@ class DiTGenerator:
             # last two calls, as a velocity at the sample reached so far
             sigmas = rollout.sigmas.to(v.device)
             rollout.outputs.update(rows, rollout.sigmas[j], v, x)
-            for m in range(int(skip.max()) + 1):
+            for m in range(int(jump.max()) + 1):
                 at = (j + m).clamp(max=rollout.num_steps - 1)
                 dt = torch.where(j + m < j_next, sigmas[at + 1] - sigmas[at], 0.0).to(v.device)
                 step_v = v if m == 0 else rollout.outputs.at(rows, rollout.sigmas[at], x)
@@ -398,13 +399,13 @@ class RowState:
                     sparse: torch.Tensor, fractions: torch.Tensor) -> None:
         """Book one model call of ``rows`` at schedule ``position`` with their applied levels
         (``cache_levels`` effective) and FLOPs ``fractions`` of a full call; each row moves on to
-        ``position + 1 + skip``."""
+        ``position + 1 +`` the intervals its step_skip level ``skip`` jumps."""
         self.flops[rows] += fractions
         self.model_calls[rows] += 1
         self.decisions[rows, position] = torch.stack([skip, cache_levels, sparse], dim=1)
         full = cache_levels == 0
         self.last_full[rows[full]] = position[full]
-        self.index[rows] = (position + 1 + skip).clamp(max=self.num_steps)
+        self.index[rows] = (position + 1 + SKIP_INTERVALS[skip]).clamp(max=self.num_steps)
 
     def observation(self, budget, spent=None) -> np.ndarray:
         """(B, len(OBSERVATION)) float32 features of each row's state, in [0, 1] except the change.

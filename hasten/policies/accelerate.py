@@ -18,7 +18,7 @@ policy for one (step_skip, cache_reuse, sparse_attention) level per image, and r
 images that compute, with their cache and sparsity levels, through the transformer.
 
 - Step-Skip inside a pipeline: the pipeline's scheduler still visits every timestep, so an image
-  that skips ``k`` intervals gets, at the next ``k`` steps, its last model output again instead of
+  that skips ``k`` intervals (its step_skip level's 0-7) gets, at the next ``k`` steps, its last model output again instead of
   a model call (no compute, FLOPs 0), or, for a policy trained with ``forecast``, that output
   extrapolated to the step's noise level from its last two calls. With the Euler update of
   flow-matching schedulers this is exactly hasten's sampler's jump of ``1 + k`` intervals, so a

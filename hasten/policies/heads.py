@@ -87,6 +87,15 @@ class PolicyConfig:
                 raise ValueError(f"allowed_levels.{name}={levels}: expected a non-empty list of level "
                                  f"indices in 0..{len(knob_levels) - 1} ({', '.join(map(str, knob_levels))})")
             probs = self.init_probs.get(name)
+            if name in self.knobs and max(levels) + 1 < len(knob_levels):
+                # a head covers the levels up to the highest it may use (so a policy limited to the
+                # first step-skip levels keeps the shape, and the random start, it had before more came);
+                # initial probabilities may be given for all levels or for the head's
+                if probs is not None and len(probs) == len(knob_levels):
+                    probs = list(probs[:max(levels) + 1])
+                    self.init_probs = {**self.init_probs, name: probs}  # (the caller's dicts stay as they were)
+                knob_levels = list(knob_levels[:max(levels) + 1])
+                self.knobs = {**self.knobs, name: knob_levels}
             if probs is not None and (len(probs) != len(knob_levels) or any(p < 0 for p in probs) or sum(probs) <= 0):
                 raise ValueError(f"init_probs.{name}={probs}: expected {len(knob_levels)} non-negative "
                                  "numbers with a positive sum")
@@ -203,8 +212,10 @@ class Policy(nn.Module):
             raise HastenError(f"{where}: trained for the {self.config.family!r} generator family "
                               f"({self.config.generator or 'unknown generator'}); this generator is {family!r}")
         current = {k.name: list(k.levels) for k in KNOBS}
-        if {k: list(v) for k, v in self.config.knobs.items()} != current:
-            raise HastenError(f"{where}: knob levels {self.config.knobs} differ from this hasten's {current}")
+        if set(self.config.knobs) != set(current) or any(
+                list(levels) != current[name][:len(levels)] for name, levels in self.config.knobs.items()):
+            raise HastenError(f"{where}: knob levels {self.config.knobs} are not the first levels of this "
+                              f"hasten's {current}")
 
     # ------------------------------------------------------------------------------ save / load
     def save_pretrained(self, path: str) -> None:

@@ -66,14 +66,21 @@ def test_explicit_uniforms_make_row_decisions_batch_independent():
 
 
 def test_a_head_covers_the_levels_up_to_the_highest_allowed_and_old_policies_still_load(tiny_generator, tmp_path):
-    policy = Policy(PolicyConfig(family="flux", allowed_levels={"step_skip": [0, 2]},
-                                 init_probs={"step_skip": [0.2, 0.3, 0.5, 0.0, 0.0, 0.0]}))
+    config = PolicyConfig(family="flux", allowed_levels={"step_skip": [0, 2]},
+                          init_probs={"step_skip": [0.2, 0.3, 0.5, 0.0, 0.0, 0.0]})
+    assert Policy(config).heads["step_skip"].out_features == 6  # a policy built directly: every level
+    policy = Policy(config.covering_allowed_levels())  # as the trainer builds it
     assert policy.knobs["step_skip"] == [0, 1, 2] and policy.heads["step_skip"].out_features == 3
+    assert policy.knobs["cache_reuse"] == ["none", "deep_half", "all_but_first"]
     assert policy.config.init_probs["step_skip"] == [0.2, 0.3, 0.5]  # given for all levels: cut to the head's
+    assert config.knobs["step_skip"] == [0, 1, 2, 3, 5, 7]  # (the original is left as it was)
+    short = Policy(PolicyConfig(allowed_levels={"step_skip": [0, 2]}, init_probs={"step_skip": [0.2, 0.3, 0.5]}))
+    torch.testing.assert_close(short.heads["step_skip"].bias[:3].softmax(0), torch.tensor([0.2, 0.3, 0.5]),
+                               atol=0.01, rtol=0)
     policy.save_pretrained(str(tmp_path / "p"))
     loaded = load_policy(str(tmp_path / "p"), tiny_generator)  # (0, 1, 2) are this hasten's first levels
     assert loaded.knobs == policy.knobs
-    with pytest.raises(ValueError, match=r"init_probs.step_skip=\[0.5, 0.5\]: expected 3"):
+    with pytest.raises(ValueError, match=r"init_probs.step_skip=\[0.5, 0.5\]: expected 6 .* \(or 3, for"):
         PolicyConfig(allowed_levels={"step_skip": [0, 2]}, init_probs={"step_skip": [0.5, 0.5]})
     config = json.load(open(tmp_path / "p" / "policy_config.json"))
     config["knobs"]["step_skip"] = [0, 2, 4]

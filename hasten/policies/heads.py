@@ -86,19 +86,20 @@ class PolicyConfig:
             if not levels or any(not isinstance(v, int) or not 0 <= v < len(knob_levels) for v in levels):
                 raise ValueError(f"allowed_levels.{name}={levels}: expected a non-empty list of level "
                                  f"indices in 0..{len(knob_levels) - 1} ({', '.join(map(str, knob_levels))})")
-            probs = self.init_probs.get(name)
-            if name in self.knobs and max(levels) + 1 < len(knob_levels):
-                # a head covers the levels up to the highest it may use (so a policy limited to the
-                # first step-skip levels keeps the shape, and the random start, it had before more came);
-                # initial probabilities may be given for all levels or for the head's
-                if probs is not None and len(probs) == len(knob_levels):
-                    probs = list(probs[:max(levels) + 1])
-                    self.init_probs = {**self.init_probs, name: probs}  # (the caller's dicts stay as they were)
-                knob_levels = list(knob_levels[:max(levels) + 1])
-                self.knobs = {**self.knobs, name: knob_levels}
-            if probs is not None and (len(probs) != len(knob_levels) or any(p < 0 for p in probs) or sum(probs) <= 0):
-                raise ValueError(f"init_probs.{name}={probs}: expected {len(knob_levels)} non-negative "
-                                 "numbers with a positive sum")
+            probs, covered = self.init_probs.get(name), max(levels) + 1
+            if probs is not None and (len(probs) not in (len(knob_levels), covered) or any(p < 0 for p in probs)
+                                      or sum(probs) <= 0):
+                raise ValueError(f"init_probs.{name}={probs}: expected {len(knob_levels)} non-negative numbers "
+                                 f"with a positive sum (or {covered}, for the levels up to the highest allowed)")
+
+    def covering_allowed_levels(self) -> "PolicyConfig":
+        """A copy whose heads cover each knob's levels only up to the highest it may use (what the
+        trainer builds): levels added to a knob later (step_skip 3, 5, 7) give no outputs to a
+        policy that may not use them, so its shape and random start stay what they were."""
+        knobs = {name: list(levels[:max(self.allowed_levels.get(name, range(len(levels)))) + 1])
+                 for name, levels in self.knobs.items()}
+        probs = {name: list(p[:len(knobs[name])]) for name, p in self.init_probs.items()}
+        return dataclasses.replace(self, knobs=knobs, init_probs=probs)
 
     @property
     def sampler_forecast(self) -> bool | str:
@@ -130,8 +131,9 @@ class Policy(nn.Module):
                 head = self.heads[name]
                 head.weight.mul_(0.01)
                 probs = config.init_probs.get(name)
-                head.bias.copy_(torch.log(torch.tensor(probs, dtype=torch.float32).clamp_min(1e-3))
-                                if probs is not None else torch.zeros(len(levels)))
+                if probs is not None:  # (given for the allowed levels only: the others are masked anyway)
+                    probs = torch.tensor(list(probs) + [0.0] * (len(levels) - len(probs)), dtype=torch.float32)
+                head.bias.copy_(torch.log(probs.clamp_min(1e-3)) if probs is not None else torch.zeros(len(levels)))
 
     # ------------------------------------------------------------------------------ distributions
     def forward(self, obs: torch.Tensor) -> list[torch.Tensor]:

@@ -129,7 +129,7 @@ class GRPOTrainer:
         self.num_steps = config.num_steps or self.generator.default_steps
         self.guidance = self.generator.default_guidance if config.guidance == -1.0 else config.guidance
         self.discriminator = self.reward.get("discriminator")
-        policy_config = copy.deepcopy(config.policy)
+        policy_config = copy.deepcopy(config.policy).covering_allowed_levels()
         policy_config.family = self.generator.family.name
         policy_config.generator = config.generator
         policy_config.generator_options = dict(config.generator_options)

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from hasten.errors import HastenError
 from hasten.io import machine_description
-from hasten.generators.knobs import CACHE_REUSE, SPARSE_ATTENTION, Workspace, block_sparse_attention
+from hasten.generators.knobs import CACHE_REUSE, SPARSE_ATTENTION, STEP_SKIP, Workspace, block_sparse_attention
 
 logger = logging.getLogger(__name__)
 
@@ -102,12 +102,13 @@ def _step_skip(gen, samples: int, repeats: int, num_steps: int) -> list[dict]:
     """Step-skip levels: whole trajectories, model calls and time relative to full compute."""
     conds, seeds = [i % gen.num_classes for i in range(samples)], list(range(samples))
     runs = {k: (lambda k=k: gen.sample(conds, seeds, num_steps=num_steps, decisions=[k, 0, 0]))
-            for k in (0, 1, 2)}
+            for k in range(len(STEP_SKIP.levels))}
     medians = _median_times(runs, repeats, warmup=0)
     out = []
-    for k in (1, 2):
+    for k in range(1, len(STEP_SKIP.levels)):
         _, stats = runs[k]()
-        out.append({"knob": "step_skip", "level": str(k), "flops_fraction": float(stats["flops_fraction"].mean()),
+        out.append({"knob": "step_skip", "level": str(STEP_SKIP.levels[k]),
+                    "flops_fraction": float(stats["flops_fraction"].mean()),
                     "time_fraction": medians[k] / medians[0], "seconds": medians[k],
                     "model_calls": int(stats["model_calls"][0]), "num_steps": num_steps})
     return out

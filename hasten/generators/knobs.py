@@ -59,7 +59,7 @@ CACHE_REUSE = Knob("cache_reuse", ("none", "deep_half", "all_but_first"),
                    "blocks whose residual is reused from the row's last full computation")
 SPARSE_ATTENTION = Knob("sparse_attention", (1.0, 0.5, 0.25), "fraction of image key blocks kept")
 KNOBS: tuple[Knob, ...] = (STEP_SKIP, CACHE_REUSE, SPARSE_ATTENTION)
-#: step_skip level -> schedule intervals jumped after the call (levels 3-5 were added after the first
+#: step_skip level -> schedule intervals jumped after the call (3, 5 and 7 were added after the first
 #: policies: with the noise-space forecast a few calls far apart beat uniform steps by 5-7 dB)
 SKIP_INTERVALS = torch.tensor(STEP_SKIP.levels)
 

@@ -40,9 +40,11 @@ def _experiment(tmp_path, generator_path, changes=None):
     ({"budget": 0}, ["budget=0"]),
     ({"generator": None}, ["generator: missing"]),
     ({"rewards.beauty": {"weight": 1.0}}, ["unknown reward 'beauty'"]),
-    ({"policy.allowed_levels": {"cache_reuse": [5]}}, ["allowed_levels.cache_reuse=[5]"]),
+    ({"policy.allowed_levels.cache_reuse": [5]}, ["allowed_levels.cache_reuse=[5]"]),
+    ({"policy.allowed_levels": {"cache_reuse": [0]}},  # step_skip may now use all six levels
+     ["init_probs.step_skip=[0.6, 0.3, 0.1]: expected 6 non-negative numbers with a positive sum"]),
 ], ids=["unknown-key", "wrong-type", "group-size", "budget-high", "budget-zero", "no-generator",
-        "unknown-reward", "bad-level"])
+        "unknown-reward", "bad-level", "probs-short"])
 def test_bad_experiment_files_are_one_line_errors_and_write_nothing(change, fragments, tiny_generator_dir, tmp_path):
     exp = _experiment(tmp_path, tiny_generator_dir, change)
     out = tmp_path / "runs"

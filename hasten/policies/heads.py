@@ -89,7 +89,8 @@ class PolicyConfig:
             probs, covered = self.init_probs.get(name), max(levels) + 1
             if probs is not None and (len(probs) not in (len(knob_levels), covered) or any(p < 0 for p in probs)
                                       or sum(probs) <= 0):
-                also = f" (or {covered}, for the levels up to the highest allowed)" if covered < len(knob_levels) else ""
+                also = (f" (or {covered}, for the levels up to the highest allowed)"
+                        if covered < len(knob_levels) else "")
                 raise ValueError(f"init_probs.{name}={probs}: expected {len(knob_levels)} non-negative numbers "
                                  f"with a positive sum{also}")
 

@@ -72,7 +72,7 @@ def _load_generator(args, policy=None):
     """The generator of ``--generator`` (default: the policy's own), loaded with the policy's
     ``generator_options`` when it is the policy's generator, updated by ``--generator-option``."""
     from hasten.config import apply_overrides
-    from hasten.generators import load_generator
+    from hasten.models import load_generator
 
     path = args.generator or (policy.config.generator if policy is not None else "") or DEFAULT_GENERATOR
     options = {}
@@ -95,7 +95,7 @@ def _policy_and_generator(args):
 
 def _evaluation_classifier(args, generator):
     """--classifier, else the generator's own, else None (a pipeline folder ships none)."""
-    from hasten.generators.registry import evaluation_classifier
+    from hasten.models.registry import evaluation_classifier
 
     classifier = evaluation_classifier(generator, args.classifier)
     if classifier is None:
@@ -118,7 +118,7 @@ def _report(table: str, result: dict, args) -> None:
 
 # ----------------------------------------------------------------------------- generator
 def cmd_generator_train(args) -> int:
-    from hasten.generators.train_generator import GeneratorTrainConfig, train_generator
+    from hasten.embedded.shapes.recipe import GeneratorTrainConfig, train_generator
 
     config = _load_config(GeneratorTrainConfig, args.config, args.set, "generator config")
     out = train_generator(config, args.out, resume=args.resume, progress=not args.quiet)
@@ -127,7 +127,7 @@ def cmd_generator_train(args) -> int:
 
 
 def cmd_generator_train_classifier(args) -> int:
-    from hasten.generators.classifier import ClassifierTrainConfig, train_classifier
+    from hasten.embedded.shapes.classifier import ClassifierTrainConfig, train_classifier
 
     config = _load_config(ClassifierTrainConfig, args.config, args.set, "classifier config")
     result = train_classifier(config, args.out, progress=not args.quiet)
@@ -137,10 +137,10 @@ def cmd_generator_train_classifier(args) -> int:
 
 
 def cmd_generator_eval(args) -> int:
-    from hasten.generators import load_generator
-    from hasten.generators.classifier import ShapesClassifier
-    from hasten.generators.evaluate import evaluate_generator, markdown_table
-    from hasten.generators.registry import classifier_path
+    from hasten.models import load_generator
+    from hasten.embedded.shapes.classifier import ShapesClassifier
+    from hasten.embedded.shapes.evaluate import evaluate_generator, markdown_table
+    from hasten.models.registry import classifier_path
 
     _set_threads(args.threads)
     generator = load_generator(args.generator)
@@ -154,7 +154,7 @@ def cmd_generator_eval(args) -> int:
 
 
 def cmd_generator_info(args) -> int:
-    from hasten.generators import load_generator
+    from hasten.models import load_generator
 
     generator = load_generator(args.name)
     info = {
@@ -242,7 +242,7 @@ def _sample_with_policy(args, generator, policy, classes, conditions, seeds) -> 
 # ----------------------------------------------------------------------------- reasoner
 def cmd_reasoner_train(args) -> int:
     from hasten.config import apply_overrides, from_dict, load_document
-    from hasten.generators.train_reasoner import ReasonerRecipe, train_reasoner
+    from hasten.embedded.arith.recipe import ReasonerRecipe, train_reasoner
 
     data = apply_overrides(load_document(args.config) if args.config else {}, args.set)
     recipe = from_dict(ReasonerRecipe, data, source=args.config or "reasoner recipe")
@@ -254,8 +254,8 @@ def cmd_reasoner_train(args) -> int:
 
 
 def cmd_reasoner_eval(args) -> int:
-    from hasten.generators.reasoner import load_reasoner
-    from hasten.generators.train_reasoner import eval_markdown, evaluate_reasoner
+    from hasten.models.reasoner import load_reasoner
+    from hasten.embedded.arith.recipe import eval_markdown, evaluate_reasoner
 
     _set_threads(args.threads)
     reasoner = load_reasoner(args.reasoner)
@@ -316,7 +316,7 @@ def cmd_policy_eval(args) -> int:
 
 # ----------------------------------------------------------------------------- compare
 def cmd_compare_reasoning(args) -> int:
-    from hasten.compare_reasoning import SECTION_TITLE, acceptance, benchmarks_section, compare_reasoning, markdown, plot
+    from hasten.bench.compare_reasoning import SECTION_TITLE, acceptance, benchmarks_section, compare_reasoning, markdown, plot
 
     _set_threads(args.threads)
 
@@ -354,7 +354,7 @@ def cmd_compare_reasoning(args) -> int:
 
 def _compare_outputs(result: dict, args, markdown, plot, benchmarks_section, title: str) -> None:
     """Print the table; write --json, --markdown, --plot and the --benchmarks-md section of a compare result."""
-    from hasten.compare_report import write_benchmarks_section
+    from hasten.bench.compare_report import write_benchmarks_section
 
     table = markdown(result)
     _report(table, result, args)
@@ -369,8 +369,8 @@ def _compare_outputs(result: dict, args, markdown, plot, benchmarks_section, tit
 def cmd_compare(args) -> int:
     if args.task == "reasoning":
         return cmd_compare_reasoning(args)
-    from hasten.compare import compare, parse_budgets
-    from hasten.compare_report import SECTION_TITLE, benchmarks_section, markdown, pareto_plot
+    from hasten.bench.compare import compare, parse_budgets
+    from hasten.bench.compare_report import SECTION_TITLE, benchmarks_section, markdown, pareto_plot
 
     _set_threads(args.threads)
 
@@ -384,7 +384,7 @@ def cmd_compare(args) -> int:
         return values
 
     if args.from_json:  # re-analyse and re-render an earlier run's measurements; nothing is measured
-        from hasten.compare import acceptance
+        from hasten.bench.compare import acceptance
         from hasten.io import read_json
 
         result = read_json(args.from_json)
@@ -410,7 +410,7 @@ def cmd_compare(args) -> int:
 
 # ----------------------------------------------------------------------------- knobs
 def cmd_knobs_bench(args) -> int:
-    from hasten.generators.bench import bench_knobs, markdown, parse_models
+    from hasten.bench.knobs import bench_knobs, markdown, parse_models
 
     _set_threads(args.threads)
     result = bench_knobs(parse_models(args.models), repeats=args.repeats, samples=args.samples,
@@ -421,7 +421,7 @@ def cmd_knobs_bench(args) -> int:
 
 # ----------------------------------------------------------------------------- rollouts
 def cmd_rollouts_bench(args) -> int:
-    from hasten.rollouts.bench import bench_rollouts, markdown
+    from hasten.bench.rollouts import bench_rollouts, markdown
     from hasten.trainers.grpo import load_experiment
 
     config = load_experiment(args.experiment, [*(args.set or []), "logging.progress=false"])

@@ -14,7 +14,7 @@ import os
 import numpy as np
 
 from hasten.errors import HastenError
-from hasten.generators.knobs import KNOBS
+from hasten.knobs import KNOBS
 
 
 def read_metrics(run_dir: str) -> list[dict]:

@@ -13,7 +13,7 @@ TINY = dict(num_layers=1, num_single_layers=1, num_attention_heads=2, attention_
 
 def make_tiny_generator(path: str, seed: int = 0, **overrides) -> str:
     """Export a randomly initialised tiny generator folder (the layout of `hasten generator train`)."""
-    from hasten.generators.train_generator import GeneratorTrainConfig, build_models, export_generator
+    from hasten.embedded.shapes.recipe import GeneratorTrainConfig, build_models, export_generator
 
     config = GeneratorTrainConfig(seed=seed, **{**TINY, **overrides})
     transformer, encoder = build_models(config)
@@ -34,7 +34,7 @@ def tiny_generator_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_classifier_dir(tmp_path_factory):
-    from hasten.generators.classifier import ShapesClassifier
+    from hasten.embedded.shapes.classifier import ShapesClassifier
 
     torch.manual_seed(0)
     path = str(tmp_path_factory.mktemp("cls") / "classifier")
@@ -44,13 +44,13 @@ def tiny_classifier_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_generator(tiny_generator_dir):
-    from hasten.generators import load_generator
+    from hasten.models import load_generator
 
     return load_generator(tiny_generator_dir)
 
 
 def embedded_available() -> bool:
-    from hasten.generators.registry import EMBEDDED
+    from hasten.models.registry import EMBEDDED
 
     return os.path.isfile(os.path.join(EMBEDDED["shapes"], "hasten_generator.json"))
 
@@ -65,6 +65,6 @@ def tiny_reasoner_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_reasoner(tiny_reasoner_dir):
-    from hasten.generators.reasoner import load_reasoner
+    from hasten.models.reasoner import load_reasoner
 
     return load_reasoner(tiny_reasoner_dir, max_steps=6, max_think_tokens=60)

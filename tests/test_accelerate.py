@@ -9,8 +9,8 @@ from diffusers import (FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransf
 
 import hasten
 from hasten.errors import HastenError
-from hasten.generators.knobs import KnobState
-from hasten.generators.synthetic import random_generator
+from hasten.knobs import KnobState
+from hasten.models.synthetic import random_generator
 from hasten.policies import Policy, PolicyConfig
 
 from tiny_pipelines import randomise_zero_layers, tiny_vae

@@ -38,7 +38,7 @@ def test_a_never_stop_head_reproduces_plain_generate_and_the_model_is_restored(t
 
 
 def test_a_stopping_head_forces_the_answer_like_the_env(tiny_reasoner):
-    from hasten.generators.reasoner import run_chains
+    from hasten.models.reasoner import run_chains
 
     model, tok = tiny_reasoner.model, tiny_reasoner.tokenizer
     problems, inputs = _inputs(tiny_reasoner)

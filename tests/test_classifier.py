@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from hasten.generators.classifier import (ClassifierTrainConfig, ShapesClassifier, classify,
+from hasten.embedded.shapes.classifier import (ClassifierTrainConfig, ShapesClassifier, classify,
                                           frechet_distance, train_classifier)
 
 

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from hasten.cli import main
-from hasten.compare import acceptance, compare, parse_budgets, parse_methods, random_policy
-from hasten.compare_report import SECTION_TITLE, benchmarks_section, markdown, pareto_plot, write_benchmarks_section
+from hasten.bench.compare import acceptance, compare, parse_budgets, parse_methods, random_policy
+from hasten.bench.compare_report import SECTION_TITLE, benchmarks_section, markdown, pareto_plot, write_benchmarks_section
 from hasten.errors import HastenError
-from hasten.generators.cost import ExecutedFlops
-from hasten.generators.peers import Peer, default_peers
+from hasten.knobs.cost import ExecutedFlops
+from hasten.bench.peers import Peer, default_peers
 from hasten.policies.heads import Policy, PolicyConfig
 
 PAIRS = ([0, 1], [7, 8])

@@ -2,7 +2,7 @@ import pytest
 
 from hasten.config import apply_overrides, from_dict
 from hasten.errors import HastenError
-from hasten.generators.train_generator import GeneratorTrainConfig
+from hasten.embedded.shapes.recipe import GeneratorTrainConfig
 
 
 def test_unknown_key_and_wrong_type_name_the_field():

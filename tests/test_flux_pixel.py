@@ -1,7 +1,7 @@
 import torch
 from diffusers import FluxPipeline
 
-from hasten.generators.flux_pixel import ClassEncoder, ClassEncoderConfig, image_ids, pack, unpack
+from hasten.models.flux_pixel import ClassEncoder, ClassEncoderConfig, image_ids, pack, unpack
 
 
 def test_pack_matches_flux_pipeline_and_round_trips():

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from hasten.errors import HastenError
-from hasten.generators.knobs import (KNOBS, attach_knobs, block_sparse_attention, detach_knobs,
+from hasten.knobs import (KNOBS, attach_knobs, block_sparse_attention, detach_knobs,
                                      validate_decisions)
-from hasten.generators.synthetic import random_generator
+from hasten.models.synthetic import random_generator
 from conftest import embedded_available
 
 CONDS = [0, 1, 2, 3, 1]
@@ -175,7 +175,7 @@ def test_analytic_cost_follows_the_levels(generator):
 
 @pytest.mark.skipif(not embedded_available(), reason="embedded generator not shipped in this checkout")
 def test_embedded_generator_knobs_off_and_mixed_rows():
-    from hasten.generators import load_generator
+    from hasten.models import load_generator
 
     gen = load_generator("embedded:shapes")
     conds, seeds = ["red circle", "blue plus", "green square"], [0, 1, 2]
@@ -256,7 +256,7 @@ def test_forecast_changes_only_skipping_or_reusing_rows_and_stays_per_row(genera
 def test_forecast_is_closer_to_full_compute_on_the_embedded_generator():
     """The point of the forecast: at the same model calls, closer to the 28-step sample (measured:
     skip 1 everywhere on 32 held-out pairs, 31.9 dB reusing the velocity, 35.5 dB forecasting it)."""
-    from hasten.generators import load_generator
+    from hasten.models import load_generator
     from hasten.metrics import psnr
 
     gen = load_generator("embedded:shapes")
@@ -281,7 +281,7 @@ def test_forecast_is_closer_to_full_compute_on_the_embedded_generator():
 
 
 def test_the_residual_cache_forecasts_to_first_order_in_sigma():
-    from hasten.generators.knobs import RowCache
+    from hasten.knobs import RowCache
 
     ids = torch.tensor([0, 2])
     for forecast in (False, True):

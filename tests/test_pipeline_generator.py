@@ -11,8 +11,8 @@ import torch
 
 import hasten
 from hasten.errors import HastenError
-from hasten.generators.flux_pixel import pack
-from hasten.generators.pipeline import PipelineGenerator, PromptTable, load_pipeline_generator
+from hasten.models.flux_pixel import pack
+from hasten.models.pipeline import PipelineGenerator, PromptTable, load_pipeline_generator
 from hasten.trainers.grpo import GRPOTrainer, load_experiment
 
 from tiny_pipelines import SIZE, make_tiny_pipeline

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from hasten.errors import HastenError
-from hasten.generators.adapter import OBSERVATION
+from hasten.models.adapter import OBSERVATION
 from hasten.policies import Policy, PolicyConfig, load_policy
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from hasten.errors import HastenError
-from hasten.generators.arith import CharTokenizer, make_problem, parse_answer, training_batch, training_text
+from hasten.embedded.arith.data import CharTokenizer, make_problem, parse_answer, training_batch, training_text
 
 
 # ----------------------------------------------------------------------------- data and tokenizer
@@ -57,7 +57,7 @@ def test_training_batches_mask_the_prompt_and_cut_chains():
 
 # ----------------------------------------------------------------------------- the chain decoder
 def test_batched_decoding_equals_one_problem_at_a_time(tiny_reasoner):
-    from hasten.generators.reasoner import run_chains
+    from hasten.models.reasoner import run_chains
 
     problems = tiny_reasoner.problems([1, 6, 3, 2, 5], [11, 12, 13, 14, 15])
     stop_at = lambda k: (lambda d, rows: d.waiting & (d.steps >= k))  # noqa: E731
@@ -69,7 +69,7 @@ def test_batched_decoding_equals_one_problem_at_a_time(tiny_reasoner):
 
 
 def test_forced_answers_limits_and_probes(tiny_reasoner):
-    from hasten.generators.reasoner import run_chains
+    from hasten.models.reasoner import run_chains
 
     problems = tiny_reasoner.problems([2, 4, 6], [1, 2, 3])
     out = run_chains(tiny_reasoner, problems, lambda d, rows: np.ones(d.n, bool))
@@ -92,7 +92,7 @@ def test_forced_answers_limits_and_probes(tiny_reasoner):
 def test_reasoner_errors_are_clear(tmp_path, tiny_reasoner_dir):
     import shutil
 
-    from hasten.generators.reasoner import load_reasoner, run_chains
+    from hasten.models.reasoner import load_reasoner, run_chains
 
     with pytest.raises(HastenError, match="not found"):
         load_reasoner(str(tmp_path / "nothing"))
@@ -188,7 +188,7 @@ def test_two_grpo_iterations_change_every_head_parameter(tmp_path, tiny_reasoner
 
 
 def test_a_head_refuses_another_model_and_a_denoiser(tmp_path, tiny_reasoner, tiny_generator_dir):
-    from hasten.generators import load_generator
+    from hasten.models import load_generator
     from hasten.policies.cot import CoTLengthHead, cot_policy_config
     from hasten.policies.heads import Policy, PolicyConfig, load_policy
 
@@ -220,8 +220,8 @@ def test_a_transformers_folder_with_a_problem_file(tmp_path, tiny_reasoner_dir):
     import json
     import shutil
 
-    from hasten.generators.arith import CharTokenizer
-    from hasten.generators.reasoner import is_reasoner, load_reasoner, run_chains
+    from hasten.embedded.arith.data import CharTokenizer
+    from hasten.models.reasoner import is_reasoner, load_reasoner, run_chains
 
     folder = tmp_path / "lm"
     shutil.copytree(os.path.join(tiny_reasoner_dir, "model"), folder)

@@ -4,8 +4,8 @@ import shutil
 import pytest
 
 from hasten.errors import HastenError
-from hasten.generators import load_generator
-from hasten.generators.registry import classifier_path
+from hasten.models import load_generator
+from hasten.models.registry import classifier_path
 
 from conftest import embedded_available
 
@@ -72,7 +72,7 @@ def test_embedded_samples_are_recognised_by_the_evaluation_classifier():
     the foundation issue: the shapes come out as blobs)."""
     import torch
 
-    from hasten.generators.classifier import ShapesClassifier, classify
+    from hasten.embedded.shapes.classifier import ShapesClassifier, classify
 
     gen = load_generator("embedded:shapes")
     classifier = ShapesClassifier.from_pretrained(classifier_path(gen.path))

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from hasten.errors import HastenError
-from hasten.generators.flux_pixel import image_ids, pack, text_ids, unpack
+from hasten.models.flux_pixel import image_ids, pack, text_ids, unpack
 
 
 def hand_euler(gen, label, seed, num_steps, guidance):

@@ -1,6 +1,6 @@
 import numpy as np
 
-from hasten.generators import shapes_data
+from hasten.embedded.shapes import data as shapes_data
 
 
 def test_classes_are_shape_by_colour():

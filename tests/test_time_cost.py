@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from hasten.envs.denoising import DenoisingVectorEnv
-from hasten.generators.cost import measure_time_fractions, time_spent
+from hasten.knobs.cost import measure_time_fractions, time_spent
 from hasten.policies import Policy, PolicyConfig
 from hasten.trainers.grpo import GRPOTrainer, load_experiment
 

@@ -5,9 +5,9 @@ import torch
 from safetensors.torch import load_file
 
 from hasten.errors import HastenError
-from hasten.generators import load_generator
-from hasten.generators import train_generator as tg
-from hasten.generators.train_generator import GeneratorTrainConfig, train_generator
+from hasten.models import load_generator
+from hasten.embedded.shapes import recipe as tg
+from hasten.embedded.shapes.recipe import GeneratorTrainConfig, train_generator
 
 from conftest import TINY
 

@@ -7,7 +7,7 @@ import torch
 from tiny_reasoner import make_tiny_reasoner
 
 from hasten.errors import HastenError
-from hasten.generators.arith import make_problem
+from hasten.embedded.arith.data import make_problem
 from hasten.trainers.trl_baseline import length_penalised_reward, split_completion
 
 torch.set_num_threads(1)
@@ -46,7 +46,7 @@ def test_reward_prefers_right_and_short():
 
 
 def test_train_trl_grpo_fine_tunes_and_saves_a_reasoner(tmp_path):
-    from hasten.generators.reasoner import load_reasoner, run_chains
+    from hasten.models.reasoner import load_reasoner, run_chains
     from hasten.trainers.trl_baseline import train_trl_grpo
 
     base = make_tiny_reasoner(str(tmp_path / "r"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 
 def make_tiny_reasoner(path: str, steps: int = 60, seed: int = 0) -> str:
-    from hasten.generators.train_reasoner import ReasonerRecipe, train_reasoner
+    from hasten.embedded.arith.recipe import ReasonerRecipe, train_reasoner
 
     recipe = ReasonerRecipe(hidden=16, layers=1, heads=2, intermediate=32, steps=steps, batch_size=16, lr=1e-2,
                             warmup=5, seed=seed, threads=0)

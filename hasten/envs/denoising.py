@@ -16,8 +16,8 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from hasten.errors import HastenError
-from hasten.generators.adapter import OBSERVATION, OBSERVATION_CHANGE_MAX
-from hasten.generators.knobs import KNOBS, forecast_space
+from hasten.models.adapter import OBSERVATION, OBSERVATION_CHANGE_MAX
+from hasten.knobs import KNOBS, forecast_space
 from hasten.envs.references import ReferenceCache
 from hasten.rewards import CompositeReward, RewardInputs, build_reward
 
@@ -26,7 +26,7 @@ MAX_NOISE_SEED = 2**31 - 1
 
 
 def observation_space() -> spaces.Box:
-    """The Box of one row's observation (columns: :data:`hasten.generators.adapter.OBSERVATION`)."""
+    """The Box of one row's observation (columns: :data:`hasten.models.adapter.OBSERVATION`)."""
     high = np.ones(len(OBSERVATION), dtype=np.float32)
     high[OBSERVATION.index("first_block_change")] = OBSERVATION_CHANGE_MAX
     return spaces.Box(low=np.zeros(len(OBSERVATION), dtype=np.float32), high=high, dtype=np.float32)
@@ -39,7 +39,7 @@ def action_space() -> spaces.MultiDiscrete:
 
 def _load(generator):
     if isinstance(generator, str):
-        from hasten.generators import load_generator
+        from hasten.models import load_generator
 
         return load_generator(generator)
     return generator
@@ -82,7 +82,7 @@ class DenoisingVectorEnv(VectorEnv):
     - ``forecast``: a row that skips intervals steps through them with its model output forecast
       at their noise levels (first order from its last two model calls, as TaylorSeer forecasts a
       model's output; ``True`` or ``"velocity"`` extrapolates the velocity, ``"noise"`` the noise
-      prediction, see :class:`~hasten.generators.knobs.OutputForecast`) instead of its current
+      prediction, see :class:`~hasten.knobs.OutputForecast`) instead of its current
       velocity, and a row that reuses cached residuals adds them forecast to the call's noise
       level from its last two full computations; no extra model call, no counted FLOPs.
 
@@ -113,7 +113,7 @@ class DenoisingVectorEnv(VectorEnv):
         self.forecast = forecast_space(forecast)
         self.time_table = None
         if cost_unit == "time":
-            from hasten.generators.cost import measure_time_fractions
+            from hasten.knobs.cost import measure_time_fractions
 
             self.time_table = time_table if time_table is not None else measure_time_fractions(self.generator)
         self.reward = rewards if isinstance(rewards, CompositeReward) else build_reward(rewards or DEFAULT_REWARDS)
@@ -165,7 +165,7 @@ class DenoisingVectorEnv(VectorEnv):
         """(num_envs,) cost spent so far in the env's unit (None: the FLOPs the rollout counts)."""
         if self.cost_unit == "flops":
             return None
-        from hasten.generators.cost import time_spent
+        from hasten.knobs.cost import time_spent
 
         return time_spent(self.rollout.decisions.numpy(), self.time_table, self.num_steps)
 

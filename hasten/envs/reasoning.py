@@ -3,7 +3,7 @@
 Each row is one problem; one ``step`` takes every row that waits at a step boundary (the end of a
 reasoning line) one decision further: continue (0) writes the next line, stop (1) forces the
 answer (budget forcing). All rows decode in lockstep with one KV cache
-(:class:`~hasten.generators.reasoner.ChainDecoder`). :class:`ReasoningEnv` is the single-row view
+(:class:`~hasten.models.reasoner.ChainDecoder`). :class:`ReasoningEnv` is the single-row view
 (``gymnasium.make``); training uses the native vector env.
 """
 
@@ -42,7 +42,7 @@ def build_observation(hidden: np.ndarray, p_answer, think_tokens, steps, budget,
 
 
 def chain_observation(decoder, budgets) -> np.ndarray:
-    """The observations of a :class:`~hasten.generators.reasoner.ChainDecoder`'s rows."""
+    """The observations of a :class:`~hasten.models.reasoner.ChainDecoder`'s rows."""
     meta = decoder.meta
     return build_observation(decoder.hidden.cpu().numpy(), decoder.p_answer, decoder.think_tokens, decoder.steps,
                              budgets, meta.max_think_tokens, meta.max_steps)
@@ -50,7 +50,7 @@ def chain_observation(decoder, budgets) -> np.ndarray:
 
 def _load(reasoner):
     if isinstance(reasoner, str):
-        from hasten.generators.reasoner import load_reasoner
+        from hasten.models.reasoner import load_reasoner
 
         return load_reasoner(reasoner)
     return reasoner
@@ -133,7 +133,7 @@ class ReasoningVectorEnv(VectorEnv):
 
     ## Arguments
     - ``num_envs``: rows per batch; ``group_size``: rows per group (divides ``num_envs``).
-    - ``reasoner``: ``"embedded:arith"``, a reasoner folder, or a loaded :class:`~hasten.generators.reasoner.Reasoner`.
+    - ``reasoner``: ``"embedded:arith"``, a reasoner folder, or a loaded :class:`~hasten.models.reasoner.Reasoner`.
     - ``budget`` / ``budget_range``: target fraction of the full chain (the ``cap`` length term, the observation).
     - ``rewards``: a :class:`~hasten.rewards.CompositeReward` or ``{name: {weight: w, ...}}``.
 

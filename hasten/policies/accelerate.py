@@ -9,11 +9,11 @@ same attention processor objects, the same weights.
 
 How it works on a pipeline. The pipeline owns its denoising loop, so the decisions are applied from
 inside the transformer: a diffusers ``ModelHook`` on ``pipe.transformer`` (plus the knob hooks of
-:mod:`hasten.generators.knobs` on its blocks) intercepts every transformer call. The schedule
+:mod:`hasten.knobs` on its blocks) intercepts every transformer call. The schedule
 position is the pipeline scheduler's step index; a new pipeline call is recognised by the
 scheduler's fresh ``timesteps`` (``set_timesteps`` at the start of every call). At the first call
 of each step the hook builds the policy's observation for every image (the same
-:class:`~hasten.generators.adapter.RowState` as hasten's sampler and the training env), asks the
+:class:`~hasten.models.adapter.RowState` as hasten's sampler and the training env), asks the
 policy for one (step_skip, cache_reuse, sparse_attention) level per image, and runs only the
 images that compute, with their cache and sparsity levels, through the transformer.
 
@@ -29,7 +29,7 @@ images that compute, with their cache and sparsity levels, through the transform
   of a single call. Each branch keeps its own residual cache; the policy observes the conditional one.
 - ``budget`` is the target FLOPs fraction of full compute the policy is conditioned on; 1.0 asks for
   full compute, so every knob stays at level 0 (the pipeline's own output, and stats that say so).
-- FLOPs are analytic (:class:`~hasten.generators.cost.StepCost`), traced once per input shape with
+- FLOPs are analytic (:class:`~hasten.knobs.cost.StepCost`), traced once per input shape with
   one extra batch-1 transformer call; ``flops_fraction`` is relative to every step computing fully.
 - Decisions are sampled as in training, from random numbers fixed by ``seed``, the image's entry in
   ``seeds`` (default: its index in the pipeline call) and its call count, so a call is reproducible
@@ -40,7 +40,7 @@ Not supported inside the context (clear errors): SD3's skip-layer guidance, Cont
 IP-Adapter images, schedulers that do not track a step index or take more than one model call per
 step.
 
-On a hasten generator (:class:`~hasten.generators.adapter.DiTGenerator`), ``generator.sample(...)``
+On a hasten generator (:class:`~hasten.models.adapter.DiTGenerator`), ``generator.sample(...)``
 uses the policy by default inside the context (``decisions=None`` means the policy's; the schedule
 length defaults to the policy's) and records its stats in ``acc``.
 
@@ -66,10 +66,10 @@ import torch
 from diffusers.hooks import ModelHook
 
 from hasten.errors import HastenError
-from hasten.generators.adapter import DiTGenerator, RowState
-from hasten.generators.cost import StepCost, time_spent
-from hasten.generators.families import DiTFamily, family_of
-from hasten.generators.knobs import (KNOBS, SPARSE_ATTENTION, KnobState, OutputForecast, RowCache, attach_knobs,
+from hasten.models.adapter import DiTGenerator, RowState
+from hasten.knobs.cost import StepCost, time_spent
+from hasten.models.families import DiTFamily, family_of
+from hasten.knobs import (KNOBS, SPARSE_ATTENTION, KnobState, OutputForecast, RowCache, attach_knobs,
                                      detach_knobs, register_model_hook, remove_model_hook, validate_decisions)
 from hasten.policies.heads import Policy
 

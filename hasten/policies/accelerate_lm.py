@@ -30,7 +30,7 @@ class ChainAcceleration:
     """The handle of ``with hasten.accelerate(model, head, tokenizer=...) as acc`` (see module docstring).
 
     Args:
-        model: a transformers causal LM (``generate``), or a :class:`~hasten.generators.reasoner.Reasoner`.
+        model: a transformers causal LM (``generate``), or a :class:`~hasten.models.reasoner.Reasoner`.
         policy: a :class:`~hasten.policies.cot.CoTLengthHead`.
         tokenizer: the model's tokenizer (taken from a Reasoner when not given).
         budget: the budget the head is conditioned on (default: its own).

@@ -19,10 +19,10 @@ from datetime import datetime, timezone
 import numpy as np
 import torch
 
-from hasten.generators import shapes_data
-from hasten.generators.classifier import classify, frechet_distance
+from hasten.embedded.shapes import data as shapes_data
+from hasten.embedded.shapes.classifier import classify, frechet_distance
 from hasten.io import fmt_optional, machine_description
-from hasten.generators.cost import time_spent
+from hasten.knobs.cost import time_spent
 from hasten.metrics import psnr, ssim
 
 HELD_OUT_SEED = 1_000_000

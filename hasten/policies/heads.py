@@ -28,9 +28,9 @@ from torch import nn
 from torch.distributions import Categorical
 
 from hasten.errors import HastenError
-from hasten.generators.adapter import OBSERVATION
-from hasten.generators.cost import time_spent
-from hasten.generators.knobs import FORECAST_SPACES, KNOBS
+from hasten.models.adapter import OBSERVATION
+from hasten.knobs.cost import time_spent
+from hasten.knobs import FORECAST_SPACES, KNOBS
 from hasten.io import atomic_directory, read_json, read_safetensors
 
 CONFIG_NAME = "policy_config.json"

@@ -77,7 +77,7 @@ class RolloutWorker:
         policy_config = from_dict(PolicyConfig, self.spec.policy, source="policy")
         if self.spec.task == "reasoning":
             from hasten.envs.reasoning import FullChains
-            from hasten.generators.reasoner import load_reasoner
+            from hasten.models.reasoner import load_reasoner
             from hasten.policies.cot import CoTLengthHead
 
             options = dict(self.spec.generator_options)
@@ -88,7 +88,7 @@ class RolloutWorker:
             self.policy = CoTLengthHead(policy_config)
         else:
             from hasten.envs.references import ReferenceCache
-            from hasten.generators import load_generator
+            from hasten.models import load_generator
 
             self.generator = load_generator(self.spec.generator, **self.spec.generator_options)
             if device != "cpu" and self.generator.device.type == "cpu":

@@ -25,7 +25,7 @@ import torch
 
 from hasten.config import from_dict, to_dict
 from hasten.errors import HastenError
-from hasten.generators.knobs import KNOBS
+from hasten.knobs import KNOBS
 from hasten.io import write_text_atomic
 from hasten.metrics import psnr
 from hasten.policies.heads import Policy
@@ -107,7 +107,7 @@ class GRPOTrainer:
     def __init__(self, config: ExperimentConfig, run_dir: str, generator=None):
         from hasten.envs.denoising import DenoisingVectorEnv
         from hasten.envs.references import ReferenceCache
-        from hasten.generators import load_generator
+        from hasten.models import load_generator
         from hasten.rewards import build_reward
         from hasten.rollouts import InProcessPool, RayPool, RolloutSpec
 
@@ -139,7 +139,7 @@ class GRPOTrainer:
         policy_config.forecast = config.forecast
         policy_config.forecast_space = config.forecast_space
         if config.cost_unit == "time":
-            from hasten.generators.cost import measure_time_fractions
+            from hasten.knobs.cost import measure_time_fractions
 
             policy_config.time_table = measure_time_fractions(self.generator, rows=1)
             logger.info("time fractions by (cache, sparse) level at batch 1: %s", policy_config.time_table)
@@ -169,7 +169,7 @@ class GRPOTrainer:
     def _init_reasoning(self, generator=None) -> None:
         """The reasoning task: a frozen causal LM, ``hasten/Reasoning-v0`` and a chain-of-thought head."""
         from hasten.envs.reasoning import ReasoningVectorEnv
-        from hasten.generators.reasoner import load_reasoner
+        from hasten.models.reasoner import load_reasoner
         from hasten.policies.cot import CoTLengthHead, cot_policy_config
         from hasten.rollouts import RayPool, ReasoningPool, RolloutSpec
 
@@ -438,7 +438,7 @@ def _worker_options(options: dict) -> dict:
 
 def resolve_task(config: ExperimentConfig) -> str:
     """``config.task``, with ``auto`` resolved from the generator (a reasoning LM or a denoiser)."""
-    from hasten.generators.reasoner import is_reasoner
+    from hasten.models.reasoner import is_reasoner
 
     if config.task != "auto":
         return config.task
@@ -492,7 +492,7 @@ def load_experiment(path: str | None, overrides: list[str] | None = None) -> Exp
     data = load_document(path) if path else {}
     if "rewards" not in data:  # so that --set rewards.discriminator.weight=0 edits the default terms
         from hasten.envs.reasoning import DEFAULT_REWARDS as REASONING_REWARDS
-        from hasten.generators.reasoner import is_reasoner
+        from hasten.models.reasoner import is_reasoner
 
         given = apply_overrides(copy.deepcopy(data), overrides)  # the generator may come from --set
         reasoning = given.get("task") == "reasoning" or (given.get("task", "auto") == "auto" and

@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 
-from hasten.generators.knobs import FORECAST_SPACES
+from hasten.knobs import FORECAST_SPACES
 from hasten.policies.heads import PolicyConfig
 
 #: name -> {weight, options}: PSNR/10 to full compute, -4x the relative budget overshoot, P(full) by the discriminator

@@ -21,7 +21,7 @@ len(completion) / full_chain_chars``. Writing the whole chain and answering righ
 Text after the answer line costs nothing in this reward (the reasoner's decoding stops at the end
 of the answer line anyway); trl generates until ``<eos>`` or ``max_completion_length``.
 
-The fine-tuned LM is written as a reasoner folder (:func:`hasten.generators.reasoner.save_reasoner`)
+The fine-tuned LM is written as a reasoner folder (:func:`hasten.models.reasoner.save_reasoner`)
 with the input's chain format and limits, so the caller evaluates it exactly like the original::
 
     run_chains(load_reasoner(out), problems)   # the model writes its chain and answers by itself
@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 from hasten.errors import HastenError
-from hasten.generators.arith import ANSWER_PREFIX, BOUNDARY, parse_answer
+from hasten.embedded.arith.data import ANSWER_PREFIX, BOUNDARY, parse_answer
 
 logger = logging.getLogger(__name__)
 
@@ -221,7 +221,7 @@ def train_trl_grpo(reasoner_path: str, out: str, minutes: float, length_weight: 
     from transformers import logging as hf_logging
     from trl import GRPOConfig, GRPOTrainer
 
-    from hasten.generators.reasoner import load_reasoner, save_reasoner
+    from hasten.models.reasoner import load_reasoner, save_reasoner
 
     if not minutes > 0:
         raise HastenError(f"minutes={minutes}: expected a positive wall-clock budget")

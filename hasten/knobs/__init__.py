@@ -1,6 +1,6 @@
 """The three acceleration knobs, applied per row on a frozen diffusers DiT.
 
-- Step-Skip (sampler level, see :mod:`hasten.generators.adapter`): a row jumps over ``k`` further
+- Step-Skip (sampler level, see :mod:`hasten.models.adapter`): a row jumps over ``k`` further
   schedule intervals (0, 1, 2, 3, 5 or 7) with its current or forecast model output.
 - Cache-Reuse: a row runs only its leading blocks and adds the residual of the remaining blocks
   cached at its last full computation (levels: all blocks / reuse the deeper half / reuse all but
@@ -40,7 +40,7 @@ from diffusers.hooks import HookRegistry, ModelHook
 from torch.overrides import TorchFunctionMode
 
 from hasten.errors import HastenError
-from hasten.generators.families import DiTFamily, family_of
+from hasten.models.families import DiTFamily, family_of
 
 HOOK_NAME = "hasten_knobs"
 

@@ -17,10 +17,10 @@ from datetime import datetime, timezone
 import numpy as np
 import torch
 
-from hasten.generators import shapes_data
-from hasten.generators.classifier import ShapesClassifier, classify, frechet_distance, real_accuracy
+from hasten.embedded.shapes import data as shapes_data
+from hasten.embedded.shapes.classifier import ShapesClassifier, classify, frechet_distance, real_accuracy
 from hasten.io import machine_description
-from hasten.metrics import psnr  # noqa: F401  (re-exported: hasten.generators.evaluate.psnr)
+from hasten.metrics import psnr  # noqa: F401  (re-exported: hasten.embedded.shapes.evaluate.psnr)
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 ``hasten generator train`` runs :func:`train_generator`. The model is a real
 ``diffusers.FluxTransformer2DModel`` (2x2 packed 32x32 RGB -> 256 image tokens), conditioned on
-a class through :class:`~hasten.generators.flux_pixel.ClassEncoder` ("text" tokens + pooled
+a class through :class:`~hasten.models.flux_pixel.ClassEncoder` ("text" tokens + pooled
 vector). Training is rectified flow (Liu et al. 2022; the FLUX / SD3 objective): for data ``x0``
 and noise ``e``, ``x_s = (1 - s) x0 + s e`` and the model regresses the velocity ``e - x0``, with
 ``s`` drawn logit-normal (Esser et al. 2024, SD3). Labels are dropped to the null class with
@@ -25,9 +25,9 @@ import torch
 
 from hasten.checkpoint import load_checkpoint, optimizer_from_flat, optimizer_to_flat, save_checkpoint
 from hasten.errors import HastenError
-from hasten.generators import shapes_data
-from hasten.generators.flux_pixel import ClassEncoder, ClassEncoderConfig, image_ids, pack, rope_axes, text_ids
-from hasten.generators.schedule import lr_factor, run_progress
+from hasten.embedded.shapes import data as shapes_data
+from hasten.models.flux_pixel import ClassEncoder, ClassEncoderConfig, image_ids, pack, rope_axes, text_ids
+from hasten.embedded.schedule import lr_factor, run_progress
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ def flow_loss(transformer, encoder, images, labels, sigmas, noise) -> torch.Tens
 
 
 def progress_at(config: GeneratorTrainConfig, step: int, elapsed_s: float) -> float:
-    """Share of the run done (see :func:`hasten.generators.schedule.run_progress`)."""
+    """Share of the run done (see :func:`hasten.embedded.schedule.run_progress`)."""
     return run_progress(step, config.steps, elapsed_s, config.max_minutes)
 
 

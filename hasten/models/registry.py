@@ -1,5 +1,5 @@
 """Where generators come from: the embedded ones shipped in the package, a generator folder, or a
-diffusers pipeline folder (FLUX.1-dev, SD3-medium: :mod:`hasten.generators.pipeline`).
+diffusers pipeline folder (FLUX.1-dev, SD3-medium: :mod:`hasten.models.pipeline`).
 
 A generator folder (what ``hasten generator train`` exports) holds::
 
@@ -19,8 +19,8 @@ from hasten.errors import HastenError
 
 logger = logging.getLogger(__name__)
 
-EMBEDDED_ROOT = os.path.join(os.path.dirname(__file__), "embedded")
-EMBEDDED = {"shapes": os.path.join(EMBEDDED_ROOT, "shapes")}
+EMBEDDED_ROOT = os.path.join(os.path.dirname(os.path.dirname(__file__)), "embedded")
+EMBEDDED = {"shapes": os.path.join(EMBEDDED_ROOT, "shapes", "weights")}
 META = "hasten_generator.json"
 
 
@@ -67,12 +67,12 @@ def load_generator(name_or_path: str = "embedded:shapes", **options):
             diffusers pipeline folder (``model_index.json`` of a FluxPipeline / StableDiffusion3Pipeline,
             e.g. FLUX.1-dev downloaded by the user).
         **options: for a pipeline folder, the fields of
-            :class:`~hasten.generators.pipeline.PipelineOptions` (``prompts`` or ``prompts_file``,
+            :class:`~hasten.models.pipeline.PipelineOptions` (``prompts`` or ``prompts_file``,
             ``resolution``, ``dtype``, ``device``, ...); none for the other generators.
 
     Returns:
-        A :class:`~hasten.generators.adapter.DiTGenerator` (a
-        :class:`~hasten.generators.pipeline.PipelineGenerator` for a pipeline folder).
+        A :class:`~hasten.models.adapter.DiTGenerator` (a
+        :class:`~hasten.models.pipeline.PipelineGenerator` for a pipeline folder).
 
     Example:
         >>> gen = load_generator("embedded:shapes")  # doctest: +SKIP
@@ -81,10 +81,10 @@ def load_generator(name_or_path: str = "embedded:shapes", **options):
     """
     import diffusers
 
-    from hasten.generators.adapter import DiTGenerator
-    from hasten.generators.families import FAMILIES
-    from hasten.generators.flux_pixel import ClassEncoder
-    from hasten.generators.pipeline import is_pipeline_folder, load_pipeline_generator
+    from hasten.models.adapter import DiTGenerator
+    from hasten.models.families import FAMILIES
+    from hasten.models.flux_pixel import ClassEncoder
+    from hasten.models.pipeline import is_pipeline_folder, load_pipeline_generator
     from hasten.io import read_json
 
     if not name_or_path.startswith("embedded:") and is_pipeline_folder(name_or_path):
@@ -129,7 +129,7 @@ def classifier_path(generator_path: str) -> str:
 def evaluation_classifier(generator, path: str | None = None):
     """The evaluation classifier of policy eval and compare: ``path``, else the one shipped beside
     the generator; None for a diffusers pipeline folder (latent samples; none ships with one)."""
-    from hasten.generators.classifier import ShapesClassifier
+    from hasten.embedded.shapes.classifier import ShapesClassifier
 
     if path:
         return ShapesClassifier.from_pretrained(path)

@@ -30,10 +30,10 @@ import numpy as np
 import torch
 
 from hasten.errors import HastenError
-from hasten.generators.cost import StepCost
-from hasten.generators.families import family_of
-from hasten.generators.flux_pixel import ClassEncoder
-from hasten.generators.knobs import (KNOBS, SKIP_INTERVALS, SPARSE_ATTENTION, KnobState, OutputForecast, attach_knobs,
+from hasten.knobs.cost import StepCost
+from hasten.models.families import family_of
+from hasten.models.flux_pixel import ClassEncoder
+from hasten.knobs import (KNOBS, SKIP_INTERVALS, SPARSE_ATTENTION, KnobState, OutputForecast, attach_knobs,
                                      detach_knobs, forecast_space, validate_decisions)
 
 logger = logging.getLogger(__name__)
@@ -44,13 +44,13 @@ class DiTGenerator:
 
     Attributes:
         transformer: the frozen ``FluxTransformer2DModel`` / ``SD3Transformer2DModel`` (eval, no grads).
-        family: its :class:`~hasten.generators.families.DiTFamily`.
+        family: its :class:`~hasten.models.families.DiTFamily`.
         class_encoder: class index -> ("text" tokens, pooled vector).
         scheduler_config: config of the ``FlowMatchEulerDiscreteScheduler``.
         meta: the generator folder's ``hasten_generator.json`` (class names, defaults, recipe).
         path: the generator folder.
         latent_space: True when the sampler runs in a VAE's latent space (a diffusers pipeline's
-            generator, :mod:`hasten.generators.pipeline`): samples are latents, never clamped.
+            generator, :mod:`hasten.models.pipeline`): samples are latents, never clamped.
     """
 
     def __init__(self, transformer, class_encoder: ClassEncoder, scheduler_config: dict, meta: dict,
@@ -236,7 +236,7 @@ class DiTGenerator:
         """(N, 3, H, W) RGB in [-1, 1] of samples, for sample grids (pixel-space samples as they are)."""
         if images.shape[1] != 3:
             raise HastenError(f"preview of {images.shape[1]}-channel samples: expected RGB; a latent-space "
-                              "generator decodes its latents (hasten.generators.pipeline)")
+                              "generator decodes its latents (hasten.models.pipeline)")
         return images.float().cpu().clamp(-1, 1)
 
     # ----------------------------------------------------------------------------- knob-driven rollouts
@@ -381,7 +381,7 @@ class RowState:
 
     def __init__(self, batch_size: int, num_steps: int, sigmas: torch.Tensor, cfg: bool, seeds=None,
                  forecast: bool = False):
-        from hasten.generators.knobs import RowCache
+        from hasten.knobs import RowCache
 
         b = batch_size
         self.num_steps, self.sigmas, self.cfg = num_steps, sigmas, cfg

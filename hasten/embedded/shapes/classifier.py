@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hasten.generators import shapes_data
+from hasten.embedded.shapes import data as shapes_data
 from hasten.io import load_safetensors_into, read_json, save_module
 
 logger = logging.getLogger(__name__)

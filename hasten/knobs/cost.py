@@ -4,7 +4,7 @@ The counts come from the model's own layer shapes: one traced forward at batch 1
 transformer block, the FLOPs of every linear layer and the shape of every attention call (and the
 FLOPs outside the blocks: embedders, final norm and projection). From those, the cost of a call
 with any cache-reuse level and sparse-attention keep ratio is arithmetic, no timing involved.
-:mod:`hasten.generators.bench` checks these fractions against measured time.
+:mod:`hasten.bench.knobs` checks these fractions against measured time.
 
 Example:
     >>> from diffusers import FluxTransformer2DModel
@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from hasten.generators.families import family_of
-from hasten.generators.knobs import SparseLayout, sdpa_arguments
+from hasten.models.families import family_of
+from hasten.knobs import SparseLayout, sdpa_arguments
 
 
 @dataclass

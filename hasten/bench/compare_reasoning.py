@@ -111,7 +111,7 @@ def compare_reasoning(reasoner="embedded:arith", policy=None, n: int = 64, seed:
     import transformers
 
     from hasten import __version__
-    from hasten.generators.reasoner import load_reasoner, run_chains
+    from hasten.models.reasoner import load_reasoner, run_chains
     from hasten.policies.heads import load_policy
 
     if isinstance(reasoner, str):
@@ -191,7 +191,7 @@ def compare_reasoning(reasoner="embedded:arith", policy=None, n: int = 64, seed:
 
 
 def reasoner_path_of(reasoner) -> str:
-    from hasten.generators.reasoner import resolve_reasoner_path
+    from hasten.models.reasoner import resolve_reasoner_path
 
     return resolve_reasoner_path(reasoner.name) if reasoner.name.startswith("embedded:") else reasoner.name
 

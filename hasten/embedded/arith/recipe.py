@@ -1,9 +1,9 @@
 """``hasten reasoner train``: the small causal LM of ``embedded:arith`` (a ``transformers`` Llama).
 
 Trained with next-token cross-entropy on the chain and answer (not on the problem text), on fresh
-procedural problems every step (:func:`hasten.generators.arith.training_batch`): full chains, and
+procedural problems every step (:func:`hasten.embedded.arith.data.training_batch`): full chains, and
 chains cut at a random line followed by the answer. Exported as a reasoner folder
-(:mod:`hasten.generators.reasoner`): ``model/`` (``save_pretrained``, safetensors), ``tokenizer/``
+(:mod:`hasten.models.reasoner`): ``model/`` (``save_pretrained``, safetensors), ``tokenizer/``
 (``vocab.json``) and ``hasten_reasoner.json`` with the recipe and seed beside them.
 """
 
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from hasten.errors import HastenError
-from hasten.generators.schedule import lr_factor, run_progress
+from hasten.embedded.schedule import lr_factor, run_progress
 
 logger = logging.getLogger(__name__)
 
@@ -67,8 +67,8 @@ def build_model(recipe: ReasonerRecipe, vocab_size: int, tokenizer=None):
 def train_reasoner(recipe: ReasonerRecipe, out: str, log_dir: str | None = None, progress: bool = True,
                    eval_every: int = 250) -> dict:
     """Train the LM and export the reasoner folder ``out``; returns the training summary."""
-    from hasten.generators.arith import CharTokenizer, training_batch
-    from hasten.generators.reasoner import save_reasoner
+    from hasten.embedded.arith.data import CharTokenizer, training_batch
+    from hasten.models.reasoner import save_reasoner
 
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
@@ -152,7 +152,7 @@ def evaluate_reasoner(reasoner, n: int = 64, seed: int = 1_000_000, batch_size: 
                       progress: bool = True) -> dict:
     """Accuracy by difficulty with the full chain and with no chain (answer forced at once), mean
     reasoning tokens and seconds per problem; ``n`` held-out problems per difficulty."""
-    from hasten.generators.reasoner import run_chains
+    from hasten.models.reasoner import run_chains
 
     conditions = reasoner.conditions
     problems = reasoner.problems(np.repeat(conditions, n), np.tile(np.arange(seed, seed + n), len(conditions)))

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import torch
 
-from hasten.generators.adapter import DiTGenerator
-from hasten.generators.families import get_family
-from hasten.generators.flux_pixel import ClassEncoder, ClassEncoderConfig, rope_axes
+from hasten.models.adapter import DiTGenerator
+from hasten.models.families import get_family
+from hasten.models.flux_pixel import ClassEncoder, ClassEncoderConfig, rope_axes
 
 
 def _flux(channels, num_layers, num_single_layers, heads, head_dim, cond_dim, guidance_embeds=False):

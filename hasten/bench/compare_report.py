@@ -1,6 +1,6 @@
 """The reports of ``hasten compare``: markdown table, Pareto plot and the BENCHMARKS.md section.
 
-All three are generated from the result dict of :func:`hasten.compare.compare` (or its JSON), so
+All three are generated from the result dict of :func:`hasten.bench.compare.compare` (or its JSON), so
 the published numbers are never typed by hand.
 
 Example:

@@ -3,7 +3,7 @@
 ``hasten.load_generator("models/FLUX.1-dev", prompts_file="prompts.txt", resolution=1024)`` reads a
 folder written by ``pipe.save_pretrained`` or ``huggingface-cli download`` (it holds
 ``model_index.json``) and returns a :class:`PipelineGenerator`: hasten's
-:class:`~hasten.generators.adapter.DiTGenerator` (the same reference and knob-driven samplers, env,
+:class:`~hasten.models.adapter.DiTGenerator` (the same reference and knob-driven samplers, env,
 trainer and ``hasten.accelerate``) over the pipeline's own transformer, scheduler and prompts:
 
 - conditions are the experiment's prompts (the "classes"): each prompt is encoded ONCE, at load, by
@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 from hasten.errors import HastenError
-from hasten.generators.adapter import DiTGenerator
+from hasten.models.adapter import DiTGenerator
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ class PipelineOptions:
 class PromptTable(nn.Module):
     """Prompt index -> (encoder_hidden_states (B, T, D), pooled_projections (B, P)), precomputed.
 
-    The conditioning module of a pipeline generator, with :class:`~hasten.generators.flux_pixel.ClassEncoder`'s
+    The conditioning module of a pipeline generator, with :class:`~hasten.models.flux_pixel.ClassEncoder`'s
     interface: ``null_class`` (= the number of prompts) is the negative prompt, and ``config`` has
     the shape fields the cost tracer reads.
 
@@ -323,7 +323,7 @@ def load_pipeline_generator(path: str, **options) -> PipelineGenerator:
     import diffusers
 
     from hasten.config import from_dict
-    from hasten.generators.families import FAMILIES
+    from hasten.models.families import FAMILIES
     from hasten.io import read_json
 
     if not os.path.isdir(path):

@@ -27,8 +27,8 @@ import torch
 from hasten.errors import HastenError
 
 META = "hasten_reasoner.json"
-EMBEDDED_ROOT = os.path.join(os.path.dirname(__file__), "embedded")
-EMBEDDED = {"arith": os.path.join(EMBEDDED_ROOT, "arith")}
+EMBEDDED_ROOT = os.path.join(os.path.dirname(os.path.dirname(__file__)), "embedded")
+EMBEDDED = {"arith": os.path.join(EMBEDDED_ROOT, "arith", "weights")}
 THINK, FORCE, ANSWER, DONE = range(4)
 
 
@@ -150,7 +150,7 @@ def load_reasoner(name_or_path: str, device: str = "cpu", dtype: str = "float32"
     weights = [f for f in os.listdir(model_dir) if f.endswith(".safetensors")] if os.path.isdir(model_dir) else []
     if not weights:
         raise HastenError(f"{model_dir}: no safetensors weights (expected transformers save_pretrained output)")
-    from hasten.generators.registry import _check_safetensors
+    from hasten.models.registry import _check_safetensors
 
     for f in weights:
         _check_safetensors(os.path.join(model_dir, f))
@@ -159,7 +159,7 @@ def load_reasoner(name_or_path: str, device: str = "cpu", dtype: str = "float32"
     except (OSError, ValueError) as e:
         raise HastenError(f"{model_dir}: cannot load the language model ({str(e).splitlines()[0]})") from e
     if meta.tokenizer == "char":
-        from hasten.generators.arith import CharTokenizer
+        from hasten.embedded.arith.data import CharTokenizer
 
         tokenizer = CharTokenizer.from_pretrained(tok_dir)
     else:
@@ -184,7 +184,7 @@ def _load_causal_lm(path: str, device: str, dtype: str, overrides: dict) -> "Rea
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), use_safetensors=True)
         if meta.tokenizer == "char":
-            from hasten.generators.arith import CharTokenizer
+            from hasten.embedded.arith.data import CharTokenizer
 
             tokenizer = CharTokenizer.from_pretrained(path)
         else:
@@ -301,7 +301,7 @@ class Reasoner:
     def problems(self, conditions, seeds) -> list:
         """The problems of (condition, seed) pairs: for ``arith``, (difficulty 1..6, problem seed)."""
         if self.meta.problems == "arith":
-            from hasten.generators.arith import make_problem
+            from hasten.embedded.arith.data import make_problem
 
             return [make_problem(int(c), int(s)) for c, s in zip(conditions, seeds)]
         return self.problem_file.select(seeds)
@@ -309,7 +309,7 @@ class Reasoner:
     def sample_conditions(self, rng: np.random.Generator, n: int) -> np.ndarray:
         """``n`` conditions drawn from ``rng`` (difficulties uniform over 1..6 for ``arith``)."""
         if self.meta.problems == "arith":
-            from hasten.generators.arith import MAX_OPS
+            from hasten.embedded.arith.data import MAX_OPS
 
             return rng.integers(1, MAX_OPS + 1, size=n)
         return np.zeros(n, dtype=np.int64)
@@ -318,7 +318,7 @@ class Reasoner:
     def conditions(self) -> list[int]:
         """Every condition (for ``arith``: the difficulties)."""
         if self.meta.problems == "arith":
-            from hasten.generators.arith import MAX_OPS
+            from hasten.embedded.arith.data import MAX_OPS
 
             return list(range(1, MAX_OPS + 1))
         return [0]

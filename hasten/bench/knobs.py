@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from hasten.errors import HastenError
 from hasten.io import machine_description
-from hasten.generators.knobs import CACHE_REUSE, SPARSE_ATTENTION, STEP_SKIP, Workspace, block_sparse_attention
+from hasten.knobs import CACHE_REUSE, SPARSE_ATTENTION, STEP_SKIP, Workspace, block_sparse_attention
 
 logger = logging.getLogger(__name__)
 
@@ -37,12 +37,12 @@ DEFAULT_MODELS = ("embedded:shapes", "flux-random-1024", "flux-random-4096")
 def load_bench_model(name: str):
     """A generator for the benchmark: a random FLUX config by name, else ``load_generator(name)``."""
     if name in RANDOM_FLUX:
-        from hasten.generators.synthetic import random_generator
+        from hasten.models.synthetic import random_generator
 
         return random_generator("flux", image_size=RANDOM_FLUX[name], channels=16, num_layers=2,
                                 num_single_layers=4, heads=4, head_dim=64, cond_dim=256, text_tokens=128,
                                 num_steps=28, guidance=1.0)
-    from hasten.generators import load_generator
+    from hasten.models import load_generator
 
     return load_generator(name)
 
@@ -138,7 +138,7 @@ def bench_knobs(models=DEFAULT_MODELS, repeats: int = 5, samples: int | None = N
     result = {"command": "hasten knobs bench", "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
               "machine": machine_description(),
               "torch": torch.__version__, "repeats": repeats, "models": []}
-    from hasten.generators.registry import resolve_generator_path
+    from hasten.models.registry import resolve_generator_path
 
     for name in models:  # fail before any work on a name that is neither a random config nor a generator
         if name not in RANDOM_FLUX:

@@ -337,7 +337,7 @@ def calibrate_mag_cache(generator, conditions: Sequence, seeds: Sequence[int], n
 def _raw_vision(generator):
     """SeaCache's ``raw_vision_callback`` for a hasten generator: the noisy image (or latent) of each
     row as (C, 1, H, W), unpacked from Flux's 2x2-packed tokens where needed."""
-    from hasten.generators.flux_pixel import unpack
+    from hasten.models.flux_pixel import unpack
 
     size = generator.image_size
 

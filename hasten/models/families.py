@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from hasten.errors import HastenError
-from hasten.generators.flux_pixel import image_ids, pack, text_ids, unpack
+from hasten.models.flux_pixel import image_ids, pack, text_ids, unpack
 
 
 @dataclass(frozen=True)

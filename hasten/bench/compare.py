@@ -7,13 +7,13 @@ On the same held-out (class, noise) pairs of one generator, in one process, it r
 - uniform step reduction (fewer schedule steps);
 - static sparse attention (hasten's sparse-attention knob at one level for every call);
 - the training-free caches of diffusers and cache-dit, through their own libraries on the same
-  transformer (:mod:`hasten.generators.peers`), each at several settings;
+  transformer (:mod:`hasten.bench.peers`), each at several settings;
 - a random policy at matched cost (same knobs as the learned policy, decisions drawn i.i.d.);
 - the learned policy at each budget.
 
 For each method and setting it measures:
 
-- **FLOPs**: counted as executed (:class:`~hasten.generators.cost.ExecutedFlops`: every linear,
+- **FLOPs**: counted as executed (:class:`~hasten.knobs.cost.ExecutedFlops`: every linear,
   attention and matmul that actually runs, whatever hooks the method put on the model), relative
   to full compute on the same pairs; a cache's own extra work (its first block, a forecast's
   matmuls) is included, elementwise work is not (for any method);
@@ -45,9 +45,9 @@ import numpy as np
 import torch
 
 from hasten.errors import HastenError
-from hasten.generators.cost import ExecutedFlops
-from hasten.generators.knobs import KNOBS
-from hasten.generators.peers import NOT_APPLICABLE, Peer, calibrate_mag_cache, default_peers, library_version
+from hasten.knobs.cost import ExecutedFlops
+from hasten.knobs import KNOBS
+from hasten.bench.peers import NOT_APPLICABLE, Peer, calibrate_mag_cache, default_peers, library_version
 from hasten.io import machine_description
 from hasten.policies.evaluate import (HELD_OUT_SEED, interleaved_medians, interpolate, quality_metrics,
                                       real_features)
@@ -145,7 +145,7 @@ def random_policy(policy, generator, target_fraction: float, num_steps: int, see
         (policy, info) where info holds ``t``, the level probabilities and the FLOPs fraction it
         spends on ``seeds``.
     """
-    from hasten.generators.adapter import RowState
+    from hasten.models.adapter import RowState
     from hasten.policies.heads import Policy, PolicyConfig
 
     cost = generator.step_cost()
@@ -264,8 +264,8 @@ def compare(generator, policy=None, classifier=None, budgets: Sequence[float] = 
     """
     from tqdm.auto import tqdm
 
-    from hasten.generators import load_generator
-    from hasten.generators.registry import evaluation_classifier
+    from hasten.models import load_generator
+    from hasten.models.registry import evaluation_classifier
     from hasten.policies.heads import Policy
 
     generator = load_generator(generator) if isinstance(generator, str) else generator

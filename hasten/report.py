@@ -14,7 +14,6 @@ import os
 import numpy as np
 
 from hasten.errors import HastenError
-from hasten.knobs import KNOBS
 
 
 def read_metrics(run_dir: str) -> list[dict]:
@@ -26,6 +25,35 @@ def read_metrics(run_dir: str) -> list[dict]:
     if not rows:
         raise HastenError(f"{path}: empty; the run has not finished an iteration yet")
     return rows
+
+
+def run_task(run_dir: str, rows: list[dict]):
+    """The task of a run: from its ``config.yaml`` (``task``, or the one that claims its generator),
+    else the task whose report curves its metrics hold."""
+    from hasten.tasks import TASKS, task_of_model
+
+    path = os.path.join(run_dir, "config.yaml")
+    if os.path.isfile(path):
+        import yaml
+
+        with open(path) as f:
+            config = yaml.safe_load(f) or {}
+        return task_of_model(str(config.get("generator", "")), str(config.get("task", "auto")))
+    for task in TASKS.values():
+        if all(key in rows[0] for key, _ in task.report_panels):
+            return task
+    raise HastenError(f"{run_dir}: no config.yaml, and its metrics are no registered task's")
+
+
+def decision_levels(metrics: dict, knob: str) -> list[str]:
+    """The levels of ``knob`` in a metrics row's ``policy/<knob>/<level>/t<bucket>`` keys, in logged order."""
+    levels = []
+    for key in metrics:
+        if key.startswith(f"policy/{knob}/"):
+            level = key[len(f"policy/{knob}/"):].rsplit("/t", 1)[0]
+            if level not in levels:
+                levels.append(level)
+    return levels
 
 
 def write_report(run_dir: str, out: str | None = None) -> str:
@@ -41,11 +69,8 @@ def write_report(run_dir: str, out: str | None = None) -> str:
     it = [r["iteration"] for r in rows]
     terms = sorted({k.split("/")[1] for r in rows for k in r if k.startswith("rewards/") and k.endswith("/mean")})
     fig, axes = plt.subplots(2, 3, figsize=(14, 7.5))
-    reasoning = "charts/accuracy" in rows[0]
-    panels = ((("charts/reward", "reward (composite)"), ("charts/accuracy", "accuracy (sampled decisions)"),
-               ("charts/token_fraction", "reasoning tokens / full chain's")) if reasoning else
-              (("charts/reward", "reward (composite)"), ("charts/speedup_flops", "FLOPs speedup (x)"),
-               ("charts/fidelity_psnr", "PSNR to full compute (dB)")))
+    task = run_task(run_dir, rows)
+    panels = task.report_panels
     for ax, (key, label) in zip(axes[0], panels):
         ax.plot(it, [r[key] for r in rows], marker=".")
         ax.set_title(label)
@@ -59,8 +84,7 @@ def write_report(run_dir: str, out: str | None = None) -> str:
     ax.legend()
     ax.grid(alpha=0.3)
     last = rows[-1]
-    knobs = {"think": ["continue", "stop"]} if reasoning else \
-        {k.name: list(k.levels) for k in KNOBS if k.name != "sparse_attention"}
+    knobs = {name: decision_levels(last, name) for name in task.report_knobs}
     for ax in axes[1, 1 + len(knobs):]:
         ax.axis("off")
     for ax, (name, levels) in zip(axes[1, 1:], knobs.items()):
@@ -69,7 +93,7 @@ def write_report(run_dir: str, out: str | None = None) -> str:
         image = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0, vmax=1)
         ax.set_yticks(range(len(levels)), [str(v) for v in levels])
         ax.set_xticks(range(len(buckets)), [f"Q{b + 1}" for b in buckets])
-        ax.set_xlabel("quarter of the chain's line limit" if reasoning else "quarter of the schedule (noise -> image)")
+        ax.set_xlabel(task.report_schedule_label)
         ax.set_title(f"{name}: share of decisions (iteration {last['iteration']})")
         fig.colorbar(image, ax=ax)
     fig.suptitle(os.path.basename(os.path.normpath(run_dir)))

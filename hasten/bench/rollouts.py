@@ -51,7 +51,7 @@ def bench_rollouts(config, workers: list[int], iterations: int = 3, inprocess_th
             trainer = GRPOTrainer(c, os.path.join(tmp, f"{backend}-{num_workers}-{threads}"), generator=generator)
             generator = trainer.generator
             if references is None:  # every training pair, once, with all cores
-                references = trainer.env.references
+                references = trainer.references
                 threads_now = torch.get_num_threads()
                 torch.set_num_threads(os.cpu_count() or 1)
                 references.get(trainer.pairs[:, 0], trainer.pairs[:, 1])

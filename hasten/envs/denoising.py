@@ -215,6 +215,33 @@ class DenoisingVectorEnv(VectorEnv):
         """(num_envs, C, H, W) current samples (the finished ones are final)."""
         return self.rollout.images()
 
+    # ------------------------------------------------------------------------- the pools' questions
+    @property
+    def max_decisions(self) -> int:
+        """Decision slots per row: one per model call, at most one call per schedule step."""
+        return self.num_steps
+
+    def all_done(self) -> bool:
+        return bool(self.rollout.done.all())
+
+    def deciding(self) -> np.ndarray:
+        """(num_envs,) rows that make a model call at the next ``step`` (every unfinished row)."""
+        return (~self.rollout.done).numpy()
+
+    def decision_index(self) -> np.ndarray:
+        """(num_envs,) each row's model-call count: the slot of its next decision."""
+        return self.rollout.model_calls.clamp(max=self.num_steps - 1).numpy()
+
+    def episode_batch(self) -> dict:
+        """The per-row fields of a :class:`~hasten.rollouts.batch.TrajectoryBatch` of the finished episodes."""
+        labels = self.rollout.labels.cpu().numpy()
+        spent = self.spent()
+        flops = self.rollout.flops_fraction().copy()
+        return dict(flops_fraction=flops, cost_fraction=flops if spent is None else spent, conditions=labels,
+                    seeds=self.seeds.copy(), budgets=self.budgets.copy(), images=self.images().cpu().numpy(),
+                    references=self.references.get(labels, self.seeds).numpy(),
+                    decisions=self.rollout.decisions.numpy().copy())
+
 
 class DenoisingEnv(gym.Env):
     """Single-row view of :class:`DenoisingVectorEnv` (``gymnasium.make("hasten/Denoising-v0")``).

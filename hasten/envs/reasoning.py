@@ -170,6 +170,7 @@ class ReasoningVectorEnv(VectorEnv):
         self.budgets = np.full(self.num_envs, self.budget)
         self.terminated = np.zeros(self.num_envs, dtype=bool)
         self.correct = np.zeros(self.num_envs, dtype=bool)
+        self.decisions = np.full((self.num_envs, self.max_decisions, 1), -1, dtype=np.int64)
 
     @property
     def max_steps(self) -> int:
@@ -203,6 +204,7 @@ class ReasoningVectorEnv(VectorEnv):
         self.decoder = self.reasoner.decoder([p.prompt() for p in self.problems])
         self.terminated = np.zeros(self.num_envs, dtype=bool)
         self.correct = np.zeros(self.num_envs, dtype=bool)
+        self.decisions = np.full((self.num_envs, self.max_decisions, 1), -1, dtype=np.int64)
         return self.observation(), self._info()
 
     def observation(self) -> np.ndarray:
@@ -216,12 +218,42 @@ class ReasoningVectorEnv(VectorEnv):
         """(num_envs,) rows whose action the next ``step`` applies (waiting at a boundary)."""
         return self.decoder.waiting & ~self.terminated
 
+    # ------------------------------------------------------------------------- the pools' questions
+    @property
+    def max_decisions(self) -> int:
+        """Decision slots per row: one per chain line, and one after the line limit."""
+        return self.max_steps + 1
+
+    def all_done(self) -> bool:
+        return bool(self.terminated.all())
+
+    def decision_index(self) -> np.ndarray:
+        """(num_envs,) lines written so far: the slot of each row's next decision."""
+        return np.minimum(self.decoder.steps, self.max_decisions - 1)
+
+    def episode_batch(self) -> dict:
+        """The per-row fields of a :class:`~hasten.rollouts.batch.TrajectoryBatch` of the finished
+        problems: references are the full chains' (tokens, lines, correct), no images."""
+        full = self.full_chains.get(self.conditions, self.seeds)
+        think = self.decoder.think_tokens.copy()
+        fraction = think / np.maximum(full["think_tokens"], 1)
+        return dict(flops_fraction=fraction, cost_fraction=fraction, conditions=self.conditions.copy(),
+                    seeds=self.seeds.copy(), budgets=self.budgets.copy(),
+                    images=np.zeros((self.num_envs, 0), dtype=np.float32), references=chain_table(full),
+                    decisions=self.decisions.copy(),
+                    extra={"correct": self.correct.copy(), "think_tokens": think, "full_tokens": full["think_tokens"],
+                           "full_correct": full["correct"], "steps": self.decoder.steps.copy(),
+                           "answer_tokens": self.decoder.answer_tokens.copy(),
+                           "stopped_by": self.decoder.stopped_by.copy()})
+
     def step(self, actions):
         if self.decoder is None:
             raise HastenError("step() before reset(): call reset() first")
         actions = np.asarray(actions).reshape(self.num_envs, -1)[:, 0]
         if np.any((actions < 0) | (actions > 1)):
             raise HastenError(f"actions {actions.tolist()}: expected 0 (continue) or 1 (stop) per row")
+        deciding = np.flatnonzero(self.deciding())
+        self.decisions[deciding, self.decision_index()[deciding], 0] = actions[deciding]
         self.decoder.advance(stop=actions.astype(bool))
         done = self.decoder.done.reshape(-1, self.group_size).all(axis=1).repeat(self.group_size)
         finished = done & ~self.terminated

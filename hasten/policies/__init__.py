@@ -6,6 +6,7 @@ applies a policy's per-image decisions inside a diffusers pipeline or a hasten g
 """
 
 from hasten.policies.heads import Policy, PolicyConfig, load_policy
-from hasten.policies.accelerate import Acceleration, accelerate
+from hasten.policies.accelerate import Acceleration
+from hasten.tasks import accelerate
 
 __all__ = ["Acceleration", "Policy", "PolicyConfig", "accelerate", "load_policy"]

@@ -89,53 +89,8 @@ SIGMA_TOLERANCE = 0.02
 _KEEP = torch.tensor(SPARSE_ATTENTION.levels, dtype=torch.float32)
 
 
-def accelerate(pipe_or_model, policy: Policy, budget: float | None = None, *, greedy: bool = False,
-               seed: int = 0, seeds: Sequence[int] | None = None, **lm_options) -> "Acceleration":
-    """Apply ``policy``'s per-image decisions to a diffusers pipeline or a hasten generator; or a
-    chain-of-thought head's stop decisions to a transformers causal LM's ``generate``
-    (:class:`~hasten.policies.accelerate_lm.ChainAcceleration`, with ``tokenizer=``, ``threshold=``,
-    ``max_steps=``, ``max_think_tokens=`` in ``lm_options``).
-
-    Args:
-        pipe_or_model: a diffusers pipeline with a ``transformer`` of a registered DiT family
-            (``FluxPipeline``, ``StableDiffusion3Pipeline``) and a flow-matching Euler scheduler, or
-            a hasten generator (``hasten.load_generator(...)``).
-        policy: a :class:`~hasten.policies.heads.Policy` trained for that generator family.
-        budget: target FLOPs fraction of full compute in (0, 1] (default: the policy's own);
-            1.0 = full compute, every knob at level 0.
-        greedy: take each knob's most likely level instead of sampling it.
-        seed: seed of the sampled decisions.
-        seeds: one integer per image of a pipeline call, the random stream of its decisions
-            (default: the image's index in the call).
-
-    Returns:
-        An :class:`Acceleration`, to be used as a context manager; it attaches on ``__enter__`` and
-        restores the pipeline exactly on ``__exit__``.
-
-    Raises:
-        HastenError: an object that is neither a supported pipeline nor a generator, a policy
-            trained for another generator family (the message names both), a budget outside (0, 1].
-
-    Example:
-        >>> with hasten.accelerate(pipe, policy, budget=0.4) as acc:  # doctest: +SKIP
-        ...     latents = pipe(prompt_embeds=embeds, pooled_prompt_embeds=pooled, output_type="latent").images
-        >>> acc.stats["flops_fraction"]  # doctest: +SKIP
-        array([0.41, 0.38])
-    """
-    from hasten.policies.cot import CoTLengthHead
-
-    if isinstance(policy, CoTLengthHead) or hasattr(pipe_or_model, "generate"):
-        from hasten.policies.accelerate_lm import ChainAcceleration
-
-        return ChainAcceleration(pipe_or_model, policy, budget=budget, greedy=greedy, seed=seed, seeds=seeds,
-                                 **lm_options)
-    if lm_options:
-        raise HastenError(f"accelerate: {sorted(lm_options)} apply to a causal LM and its chain-of-thought head")
-    return Acceleration(pipe_or_model, policy, budget, greedy=greedy, seed=seed, seeds=seeds)
-
-
 class Acceleration:
-    """The handle of ``with hasten.accelerate(...) as acc`` (see :func:`accelerate`).
+    """The handle of ``with hasten.accelerate(...) as acc`` (see :func:`hasten.accelerate`).
 
     Attributes:
         policy: the policy; budget: the budget it is conditioned on; family: the generator family.

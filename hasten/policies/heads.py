@@ -244,16 +244,9 @@ class Policy(nn.Module):
                               f"and {WEIGHTS_NAME}, written by `hasten train`)")
         config_file = os.path.join(path, CONFIG_NAME)
         config = from_dict(PolicyConfig, read_json(config_file), source=config_file)
-        if config.knobs == REASONING_KNOBS:  # a chain-of-thought head (its columns are checked against the LM)
-            from hasten.policies.cot import CoTLengthHead
+        from hasten.tasks import task_of_policy  # (hasten.tasks builds policies of this module)
 
-            cls = CoTLengthHead
-        elif list(config.observation) != list(OBSERVATION):
-            cls = Policy
-            raise HastenError(f"{config_file}: observation columns {config.observation}; this hasten "
-                              f"provides {list(OBSERVATION)}")
-        else:
-            cls = Policy
+        cls = task_of_policy(config, where=config_file).policy_class(config, where=config_file)
         policy = cls(config)
         weights = os.path.join(path, WEIGHTS_NAME)
         state = read_safetensors(weights)

@@ -3,13 +3,14 @@
 One interface, two pools: ``collect(policy, conditions, seeds, budgets, row_seeds)`` runs one
 episode per row and returns a :class:`TrajectoryBatch`; ``stats()`` and ``close()``.
 :class:`InProcessPool` runs the batched env in the controller's process (the default);
-:class:`RayPool` runs shards of whole groups on Ray actors (``rollouts.backend: ray``);
-:class:`ReasoningPool` runs ``hasten/Reasoning-v0`` in-process.
+:class:`RayPool` runs shards of whole groups on Ray actors (``rollouts.backend: ray``). Both run
+episodes with :func:`run_episodes`, which knows no task: any env that answers its few questions
+(see :mod:`hasten.rollouts.inprocess`) runs in both.
 """
 
 from hasten.rollouts.batch import TrajectoryBatch
-from hasten.rollouts.inprocess import InProcessPool, decision_uniforms
+from hasten.rollouts.inprocess import InProcessPool, decision_uniforms, run_episodes
 from hasten.rollouts.ray_pool import RayPool, RolloutSpec, RolloutWorker
-from hasten.rollouts.reasoning import ReasoningPool
 
-__all__ = ["InProcessPool", "RayPool", "ReasoningPool", "RolloutSpec", "RolloutWorker", "TrajectoryBatch", "decision_uniforms"]
+__all__ = ["InProcessPool", "RayPool", "RolloutSpec", "RolloutWorker", "TrajectoryBatch", "decision_uniforms",
+           "run_episodes"]

@@ -1,11 +1,22 @@
-"""The in-process rollout pool: one batched Denoising env in the controller's process."""
+"""The in-process rollout pool and the episode runner every pool uses, whatever the task.
+
+An env that a pool can run (``hasten/Denoising-v0``, ``hasten/Reasoning-v0``, a plug-in task's)
+is a batched Gymnasium ``VectorEnv`` that also answers, between steps:
+
+- ``max_decisions``: decision slots per row (the second axis of the decision random numbers);
+- ``all_done()``: whether every row's episode has ended;
+- ``deciding()``: (N,) bool, the rows whose action the next ``step`` applies;
+- ``decision_index()``: (N,) int, the slot of each row's next decision (< ``max_decisions``);
+- ``episode_batch()``: the per-row fields of a :class:`~hasten.rollouts.batch.TrajectoryBatch` once
+  every row is done (``flops_fraction``, ``cost_fraction``, ``conditions``, ``seeds``, ``budgets``,
+  ``images``, ``references``, ``decisions`` and ``extra``).
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from hasten.envs.denoising import DenoisingVectorEnv
 from hasten.rollouts.batch import TrajectoryBatch
 
 
@@ -15,14 +26,49 @@ def decision_uniforms(row_seeds, num_steps: int, num_knobs: int) -> torch.Tensor
                         for s in row_seeds])
 
 
+def run_episodes(env, policy, conditions, seeds, budgets, row_seeds, greedy: bool = False) -> TrajectoryBatch:
+    """Run one episode per row of ``env`` to its end; row n samples its decisions from ``row_seeds[n]``
+    (so a row's trajectory is the same in any batch, on any worker)."""
+    obs, _ = env.reset(options={"conditions": list(conditions), "seeds": list(seeds), "budget": budgets})
+    n = env.num_envs
+    uniforms = decision_uniforms(row_seeds, env.max_decisions, len(policy.knobs))
+    rows = torch.arange(n)
+    all_obs, all_actions, all_logp, all_active = [], [], [], []
+    rewards = np.zeros(n)
+    terms: dict[str, np.ndarray] = {}
+    policy.eval()
+    while not env.all_done():
+        active = env.deciding()
+        slots = torch.from_numpy(np.asarray(env.decision_index(), dtype=np.int64))
+        actions, logp = policy.act(torch.from_numpy(obs), greedy=greedy, uniforms=uniforms[rows, slots])
+        actions[~torch.from_numpy(active)] = 0
+        all_obs.append(obs)
+        all_actions.append(actions.numpy())
+        all_logp.append(logp.numpy())
+        all_active.append(active)
+        obs, reward, _, _, info = env.step(actions.numpy())
+        rewards += reward
+        for name, column in info["reward_terms"].items():
+            target = terms.setdefault(name, np.full(n, np.nan))
+            done_now = ~np.isnan(column)
+            target[done_now] = column[done_now]
+    active = np.stack(all_active)
+    return TrajectoryBatch(
+        # inactive entries zeroed, so that shards joined by TrajectoryBatch.concatenate equal one batch
+        obs=np.where(active[..., None], np.stack(all_obs), 0).astype(np.float32),
+        actions=np.where(active[..., None], np.stack(all_actions), 0).astype(np.int64),
+        logp=np.where(active, np.stack(all_logp), 0).astype(np.float32), active=active,
+        rewards=rewards, terms=terms, **env.episode_batch())
+
+
 class InProcessPool:
-    """Runs episodes of a :class:`DenoisingVectorEnv` with a policy, in this process.
+    """Runs episodes of a task's batched env with a policy, in this process.
 
     Args:
         env: the batched env (its ``num_envs`` is the number of episodes per call).
     """
 
-    def __init__(self, env: DenoisingVectorEnv):
+    def __init__(self, env):
         self.env = env
 
     def stats(self) -> dict:
@@ -33,41 +79,5 @@ class InProcessPool:
         """Nothing to release (the Ray pool stops its actors here)."""
 
     def collect(self, policy, conditions, seeds, budgets, row_seeds, greedy: bool = False) -> TrajectoryBatch:
-        """Run one episode per row to its end; row n samples its decisions from ``row_seeds[n]``."""
-        env = self.env
-        obs, _ = env.reset(options={"conditions": list(conditions), "seeds": list(seeds), "budget": budgets})
-        n = env.num_envs
-        uniforms = decision_uniforms(row_seeds, env.num_steps, env.single_action_space.shape[0])
-        rows = torch.arange(n)
-        all_obs, all_actions, all_logp, all_active = [], [], [], []
-        rewards = np.zeros(n)
-        terms: dict[str, np.ndarray] = {}
-        policy.eval()
-        while not env.rollout.done.all():
-            active = (~env.rollout.done).numpy()
-            calls = env.rollout.model_calls.clamp(max=env.num_steps - 1)
-            actions, logp = policy.act(torch.from_numpy(obs), greedy=greedy, uniforms=uniforms[rows, calls])
-            actions[~torch.from_numpy(active)] = 0
-            all_obs.append(obs)
-            all_actions.append(actions.numpy())
-            all_logp.append(logp.numpy())
-            all_active.append(active)
-            obs, reward, _, _, info = env.step(actions.numpy())
-            rewards += reward
-            for name, column in info["reward_terms"].items():
-                target = terms.setdefault(name, np.full(n, np.nan))
-                done_now = ~np.isnan(column)
-                target[done_now] = column[done_now]
-        active = np.stack(all_active)
-        labels = env.rollout.labels.cpu().numpy()
-        spent = env.spent()
-        flops = env.rollout.flops_fraction().copy()
-        return TrajectoryBatch(
-            # inactive entries zeroed, so that shards joined by TrajectoryBatch.concatenate equal one batch
-            obs=np.where(active[..., None], np.stack(all_obs), 0).astype(np.float32),
-            actions=np.where(active[..., None], np.stack(all_actions), 0).astype(np.int64),
-            logp=np.where(active, np.stack(all_logp), 0).astype(np.float32), active=active,
-            rewards=rewards, terms=terms, flops_fraction=flops, cost_fraction=flops if spent is None else spent,
-            conditions=labels, seeds=np.asarray(seeds, dtype=np.int64), budgets=env.budgets.copy(),
-            images=env.images().cpu().numpy(), references=env.references.get(labels, seeds).numpy(),
-            decisions=env.rollout.decisions.numpy().copy())
+        """Run one episode per row to its end (:func:`run_episodes`)."""
+        return run_episodes(self.env, policy, conditions, seeds, budgets, row_seeds, greedy=greedy)

@@ -32,6 +32,7 @@ import torch
 
 from hasten.errors import HastenError
 from hasten.rollouts.batch import TrajectoryBatch
+from hasten.rollouts.inprocess import InProcessPool
 
 logger = logging.getLogger(__name__)
 
@@ -40,62 +41,42 @@ READY_TIMEOUT_S = 600.0
 
 @dataclass
 class RolloutSpec:
-    """What an actor needs to build its generator, reward and env (plain data, sent once)."""
+    """What an actor needs to build its task's model, reward, references and env (plain data, sent once)."""
 
+    task: str  # the registered task (hasten.tasks)
     generator: str
-    num_steps: int
-    guidance: float
-    budget: float
     rewards: dict
-    cost_unit: str
-    time_table: dict | None
-    policy: dict
+    policy: dict  # the policy's config (its weights come with every iteration)
+    env_options: dict = field(default_factory=dict)  # the task's env arguments beside the model (TaskSetup.env_options)
     threads: int = 1
     generator_options: dict = field(default_factory=dict)  # a pipeline folder's prompts, resolution, dtype, device
-    task: str = "denoising"  # or "reasoning": a causal LM, hasten/Reasoning-v0 and a chain-of-thought head
     group_size: int = 1  # rows per GRPO group (the reasoning env terminates a group's rows together)
-    forecast: bool | str = False  # skipped steps and reused residuals are forecast (True, "velocity", "noise")
+    task_module: str = ""  # the module that registers the task (imported by an actor that does not know it)
 
 
 class RolloutWorker:
-    """One rollout actor: a frozen generator, the reward terms and one env per shard size.
+    """One rollout actor: a frozen model, the reward terms and one env per shard size, of the spec's task.
 
     Args:
         spec: the :class:`RolloutSpec` as a dict.
-        device: where the generator runs ("cuda" when the actor holds a GPU).
+        device: where the model runs ("cuda" when the actor holds a GPU).
     """
 
     def __init__(self, spec: dict, device: str = "cpu"):
         from hasten.config import from_dict
-        from hasten.policies.heads import Policy, PolicyConfig
+        from hasten.policies.heads import PolicyConfig
         from hasten.rewards import build_reward
+        from hasten.tasks import get_task
 
         self.spec = RolloutSpec(**spec)
         if self.spec.threads:
             torch.set_num_threads(self.spec.threads)
+        self.task = get_task(self.spec.task, module=self.spec.task_module)
         self.reward = build_reward(self.spec.rewards)
         policy_config = from_dict(PolicyConfig, self.spec.policy, source="policy")
-        if self.spec.task == "reasoning":
-            from hasten.envs.reasoning import FullChains
-            from hasten.models.reasoner import load_reasoner
-            from hasten.policies.cot import CoTLengthHead
-
-            options = dict(self.spec.generator_options)
-            if device != "cpu":
-                options.setdefault("device", device)
-            self.generator = load_reasoner(self.spec.generator, **options)
-            self.references = FullChains(self.generator)
-            self.policy = CoTLengthHead(policy_config)
-        else:
-            from hasten.envs.references import ReferenceCache
-            from hasten.models import load_generator
-
-            self.generator = load_generator(self.spec.generator, **self.spec.generator_options)
-            if device != "cpu" and self.generator.device.type == "cpu":
-                self.generator.transformer.to(device)
-                self.generator.class_encoder.to(device)
-            self.references = ReferenceCache(self.generator, self.spec.num_steps, self.spec.guidance)
-            self.policy = Policy(policy_config)
+        self.generator = self.task.load_model(self.spec.generator, self.spec.generator_options, device=device)
+        self.references = self.task.references(self.generator, self.spec.env_options)
+        self.policy = self.task.policy_class(policy_config)(policy_config)
         self.version = None
         self.pools: dict[int, object] = {}
 
@@ -113,29 +94,13 @@ class RolloutWorker:
         self.references.remember(shard["references"])
         n = len(shard["conditions"])
         if n not in self.pools:
-            self.pools[n] = self._pool(n)
+            env = self.task.make_env(n, self.generator, self.reward, self.references, self.spec.env_options,
+                                     group_size=self.spec.group_size)
+            self.pools[n] = InProcessPool(env)
         batch = self.pools[n].collect(self.policy, shard["conditions"], shard["seeds"], shard["budgets"],
                                       shard["row_seeds"], greedy=shard.get("greedy", False))
         batch.extra.update(busy_s=time.perf_counter() - start, pid=os.getpid())
         return batch
-
-    def _pool(self, n: int):
-        """The in-process pool of an ``n``-row env of the spec's task."""
-        s = self.spec
-        if s.task == "reasoning":
-            from hasten.envs.reasoning import ReasoningVectorEnv
-            from hasten.rollouts.reasoning import ReasoningPool
-
-            return ReasoningPool(ReasoningVectorEnv(num_envs=n, reasoner=self.generator, budget=s.budget,
-                                                    rewards=self.reward, group_size=s.group_size,
-                                                    full_chains=self.references))
-        from hasten.envs.denoising import DenoisingVectorEnv
-        from hasten.rollouts.inprocess import InProcessPool
-
-        return InProcessPool(DenoisingVectorEnv(num_envs=n, generator=self.generator, num_steps=s.num_steps,
-                                                guidance=s.guidance, budget=s.budget, rewards=self.reward,
-                                                references=self.references, cost_unit=s.cost_unit,
-                                                time_table=s.time_table, forecast=s.forecast))
 
 
 class RayPool:

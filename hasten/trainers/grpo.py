@@ -27,9 +27,8 @@ from hasten.config import from_dict, to_dict
 from hasten.errors import HastenError
 from hasten.knobs import KNOBS
 from hasten.io import write_text_atomic
-from hasten.metrics import psnr
 from hasten.policies.heads import Policy
-from hasten.trainers.grpo_config import DEFAULT_EXPERIMENT_REWARDS, ExperimentConfig
+from hasten.trainers.grpo_config import ExperimentConfig
 
 logger = logging.getLogger(__name__)
 
@@ -105,9 +104,6 @@ class GRPOTrainer:
     """
 
     def __init__(self, config: ExperimentConfig, run_dir: str, generator=None):
-        from hasten.envs.denoising import DenoisingVectorEnv
-        from hasten.envs.references import ReferenceCache
-        from hasten.models import load_generator
         from hasten.rewards import build_reward
         from hasten.rollouts import InProcessPool, RayPool, RolloutSpec
 
@@ -119,86 +115,29 @@ class GRPOTrainer:
         # Everything that can fail on user input fails here, before the run folder exists.
         self.reward = build_reward(config.rewards, where="rewards")
         self.task = resolve_task(config)
+        self.task.check_rewards(self.reward, where="rewards")
         self.iteration = 0
         self.writer = None
-        if self.task == "reasoning":
-            self._init_reasoning(generator)
-            return
-        self.generator = generator if generator is not None else load_generator(config.generator,
-                                                                                  **config.generator_options)
-        self.num_steps = config.num_steps or self.generator.default_steps
-        self.guidance = self.generator.default_guidance if config.guidance == -1.0 else config.guidance
+        self.generator = generator if generator is not None else self.task.load_model(config.generator,
+                                                                                       config.generator_options)
+        setup = self.task.setup(config, self.generator, self.reward, run_dir)
+        self.num_steps, self.guidance, self.pairs = setup.num_steps, setup.guidance, setup.pairs
+        self.references = setup.references
         self.discriminator = self.reward.get("discriminator")
-        policy_config = copy.deepcopy(config.policy).covering_allowed_levels()
-        policy_config.family = self.generator.family.name
-        policy_config.generator = config.generator
-        policy_config.generator_options = dict(config.generator_options)
-        policy_config.num_steps = self.num_steps
-        policy_config.budget = config.budget
-        policy_config.cost_unit = config.cost_unit
-        policy_config.forecast = config.forecast
-        policy_config.forecast_space = config.forecast_space
-        if config.cost_unit == "time":
-            from hasten.knobs.cost import measure_time_fractions
-
-            policy_config.time_table = measure_time_fractions(self.generator, rows=1)
-            logger.info("time fractions by (cache, sparse) level at batch 1: %s", policy_config.time_table)
-        self.policy = Policy(policy_config)
+        self.policy = setup.policy
         self.initial_policy = copy.deepcopy(self.policy).requires_grad_(False) if g.kl_coef > 0 else None
         self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=g.lr, weight_decay=g.weight_decay)
-        references = ReferenceCache(self.generator, self.num_steps, self.guidance,
-                                    os.path.join(run_dir, "references"))
-        self.env = DenoisingVectorEnv(num_envs=g.groups_per_iteration * g.group_size, generator=self.generator,
-                                      num_steps=self.num_steps, guidance=self.guidance, budget=config.budget,
-                                      rewards=self.reward, references=references, cost_unit=config.cost_unit,
-                                      time_table=policy_config.time_table or None,
-                                      forecast=policy_config.sampler_forecast)
+        self.env = self.task.make_env(g.groups_per_iteration * g.group_size, self.generator, self.reward,
+                                      self.references, setup.env_options, group_size=g.group_size)
         if config.rollouts.backend == "ray":
-            spec = RolloutSpec(generator=_local_path(config.generator), num_steps=self.num_steps,
-                               generator_options=_worker_options(config.generator_options), guidance=self.guidance,
-                               budget=config.budget, rewards=config.rewards, cost_unit=config.cost_unit,
-                               time_table=policy_config.time_table or None, policy=to_dict(policy_config),
-                               threads=config.rollouts.threads, forecast=policy_config.sampler_forecast)
-            self.pool = RayPool(spec, config.rollouts, g.group_size, reward=self.reward, references=references)
+            spec = RolloutSpec(task=self.task.name, task_module=type(self.task).__module__,
+                               generator=_local_path(config.generator),
+                               generator_options=_worker_options(config.generator_options), rewards=config.rewards,
+                               policy=to_dict(self.policy.config), env_options=setup.env_options,
+                               threads=config.rollouts.threads, group_size=g.group_size)
+            self.pool = RayPool(spec, config.rollouts, g.group_size, reward=self.reward, references=self.references)
         else:
             self.pool = InProcessPool(self.env)
-        rng = np.random.default_rng(config.seed)
-        self.pairs = np.stack([np.arange(config.train_pairs) % self.generator.num_classes,
-                               rng.integers(0, 1_000_000, size=config.train_pairs)], axis=1)
-
-    def _init_reasoning(self, generator=None) -> None:
-        """The reasoning task: a frozen causal LM, ``hasten/Reasoning-v0`` and a chain-of-thought head."""
-        from hasten.envs.reasoning import ReasoningVectorEnv
-        from hasten.models.reasoner import load_reasoner
-        from hasten.policies.cot import CoTLengthHead, cot_policy_config
-        from hasten.rollouts import RayPool, ReasoningPool, RolloutSpec
-
-        c, g = self.config, self.config.grpo
-        for name in ("discriminator", "fidelity", "cost"):
-            if name in self.reward.terms:
-                raise HastenError(f"rewards.{name}: a denoising term; a reasoning experiment uses correctness "
-                                  "and length (e.g. {correctness: {weight: 1}, length: {weight: 0.3}})")
-        self.generator = generator if generator is not None else load_reasoner(c.generator, **c.generator_options)
-        self.num_steps = self.generator.meta.max_steps
-        self.guidance = 0.0
-        self.discriminator = None
-        self.policy = CoTLengthHead(cot_policy_config(c.policy, self.generator, c.budget))
-        self.initial_policy = copy.deepcopy(self.policy).requires_grad_(False) if g.kl_coef > 0 else None
-        self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=g.lr, weight_decay=g.weight_decay)
-        self.env = ReasoningVectorEnv(num_envs=g.groups_per_iteration * g.group_size, reasoner=self.generator,
-                                      budget=c.budget, rewards=self.reward, group_size=g.group_size)
-        if c.rollouts.backend == "ray":
-            spec = RolloutSpec(task="reasoning", generator=_local_path(c.generator), num_steps=self.num_steps,
-                               guidance=0.0, budget=c.budget, rewards=c.rewards, cost_unit=c.cost_unit,
-                               time_table=None, policy=to_dict(self.policy.config), threads=c.rollouts.threads,
-                               generator_options=_worker_options(c.generator_options), group_size=g.group_size)
-            self.pool = RayPool(spec, c.rollouts, g.group_size, reward=self.reward, references=self.env.full_chains)
-        else:
-            self.pool = ReasoningPool(self.env)
-        rng = np.random.default_rng(c.seed)
-        conditions = self.generator.conditions
-        self.pairs = np.stack([np.asarray(conditions)[np.arange(c.train_pairs) % len(conditions)],
-                               rng.integers(0, 1_000_000, size=c.train_pairs)], axis=1)
 
     # ------------------------------------------------------------------------- one iteration
     def iteration_plan(self, iteration: int):
@@ -262,25 +201,7 @@ class GRPOTrainer:
 
     def metrics(self, iteration, batch, advantages, update_stats, rollout_s, update_s) -> dict:
         m = {"iteration": iteration, "charts/reward": float(batch.rewards.mean())}
-        if self.task == "reasoning":
-            x = batch.extra
-            m.update({
-                "charts/accuracy": float(x["correct"].mean()),
-                "charts/full_chain_accuracy": float(x["full_correct"].mean()),
-                "charts/think_tokens": float(x["think_tokens"].mean()),
-                "charts/token_fraction": float(x["think_tokens"].mean() / max(x["full_tokens"].mean(), 1e-9)),
-                "charts/speedup_tokens": float(x["full_tokens"].mean() / max(x["think_tokens"].mean(), 1e-9)),
-                "charts/within_budget": float((batch.cost_fraction <= batch.budgets + 1e-9).mean()),
-            })
-        else:
-            fidelity = psnr(torch.from_numpy(batch.images), torch.from_numpy(batch.references)).clamp(max=100)
-            flops = batch.flops_fraction
-            m.update({
-                "charts/speedup_flops": float(1.0 / flops.mean()),
-                "charts/flops_fraction": float(flops.mean()),
-                "charts/fidelity_psnr": float(fidelity.mean()),
-                "charts/within_budget": float((batch.cost_fraction <= batch.budgets + 1e-9).mean()),
-            })
+        m.update(self.task.metrics(batch))
         m.update({
             "losses/policy": update_stats["policy"],
             "losses/total": update_stats["loss"],
@@ -343,12 +264,7 @@ class GRPOTrainer:
                     self.save_checkpoint()
                 if bar is not None:
                     bar.update(1)
-                    if self.task == "reasoning":
-                        bar.set_postfix(reward=f"{m['charts/reward']:.3f}", acc=f"{m['charts/accuracy']:.3f}",
-                                        tokens=f"{m['charts/token_fraction']:.2f}")
-                    else:
-                        bar.set_postfix(reward=f"{m['charts/reward']:.3f}", speedup=f"{m['charts/speedup_flops']:.2f}x",
-                                        psnr=f"{m['charts/fidelity_psnr']:.1f}dB")
+                    bar.set_postfix(**self.task.progress(m))
                 if on_iteration is not None:
                     on_iteration(iteration, m)
         finally:
@@ -365,21 +281,9 @@ class GRPOTrainer:
         with open(os.path.join(self.run_dir, METRICS_FILE), "a") as f:
             f.write(json.dumps(m) + "\n")
 
-    def log_samples(self, iteration: int, n: int = 8) -> None:
-        """A grid of full-compute (top row) vs greedy-policy samples (bottom row) of training pairs
-        (reasoning: the greedy head's chains and answers as text)."""
-        n = min(n, len(self.pairs))
-        if self.task == "reasoning":
-            self.writer.add_text("samples/chains", reasoning_samples(self.generator, self.policy, self.pairs[:n],
-                                                                     self.config.budget), iteration)
-            return
-        conditions, seeds = self.pairs[:n, 0].tolist(), self.pairs[:n, 1].tolist()
-        images, _ = self.generator.sample(conditions, seeds, num_steps=self.num_steps, guidance=self.guidance,
-                                          decisions=self.policy.decide(self.config.budget))
-        full = self.env.references.get(conditions, seeds)
-        grid = self.generator.preview(torch.cat([full, images.cpu()]))  # (2n, 3, H, W); latents decoded
-        grid = grid.view(2, n, *grid.shape[1:]).permute(2, 0, 3, 1, 4).reshape(grid.shape[1], 2 * grid.shape[2], -1)
-        self.writer.add_image("samples/full_top_vs_accelerated_bottom", (grid.clamp(-1, 1) + 1) / 2, iteration)
+    def log_samples(self, iteration: int) -> None:
+        """What the greedy policy makes of a few training pairs (the task's picture or text)."""
+        self.task.log_samples(self, iteration)
 
     # ------------------------------------------------------------------------- checkpoints
     def save_checkpoint(self) -> None:
@@ -388,8 +292,7 @@ class GRPOTrainer:
         tensors = {f"policy.{k}": v for k, v in self.policy.state_dict().items()}
         optim_tensors, optim_meta = optimizer_to_flat(self.optimizer, "optim")
         tensors.update(optim_tensors)
-        references = self.env.references.shards if self.task == "denoising" else []
-        state = {"iteration": self.iteration, "optim": optim_meta, "references": references}
+        state = {"iteration": self.iteration, "optim": optim_meta, "references": self.references.shards}
         tensors["rng.torch"] = torch.get_rng_state()
         if self.initial_policy is not None:
             tensors.update({f"initial_policy.{k}": v for k, v in self.initial_policy.state_dict().items()})
@@ -436,27 +339,11 @@ def _worker_options(options: dict) -> dict:
     return options
 
 
-def resolve_task(config: ExperimentConfig) -> str:
-    """``config.task``, with ``auto`` resolved from the generator (a reasoning LM or a denoiser)."""
-    from hasten.models.reasoner import is_reasoner
+def resolve_task(config: ExperimentConfig):
+    """The :class:`~hasten.tasks.Task` of ``config.task``, with ``auto`` resolved from the generator."""
+    from hasten.tasks import task_of_model
 
-    if config.task != "auto":
-        return config.task
-    return "reasoning" if is_reasoner(config.generator) else "denoising"
-
-
-def reasoning_samples(reasoner, policy, pairs, budget: float) -> str:
-    """Markdown of the greedy head's chains and answers on ``pairs`` (difficulty, problem seed)."""
-    problems = reasoner.problems(pairs[:, 0], pairs[:, 1])
-    decoder = reasoner.decoder([p.prompt() for p in problems])
-    while not decoder.done.all():
-        decoder.advance(stop=policy.stop_decisions(decoder, budget, greedy=True))
-    lines = []
-    for p, chain, answer, ok in zip(problems, decoder.chains(), decoder.answers(),
-                                    [p.check(a) for p, a in zip(problems, decoder.answers())]):
-        lines.append(f"`{p.prompt().strip()}` -> {len(chain)} tokens, answer `{answer.strip()}` "
-                     f"({'right' if ok else 'wrong'})")
-    return "\n\n".join(lines)
+    return task_of_model(config.generator, config.task)
 
 
 def decision_frequencies(decisions: np.ndarray, knobs: dict | None = None) -> dict:
@@ -491,13 +378,11 @@ def load_experiment(path: str | None, overrides: list[str] | None = None) -> Exp
 
     data = load_document(path) if path else {}
     if "rewards" not in data:  # so that --set rewards.discriminator.weight=0 edits the default terms
-        from hasten.envs.reasoning import DEFAULT_REWARDS as REASONING_REWARDS
-        from hasten.models.reasoner import is_reasoner
+        from hasten.tasks import task_of_model
 
         given = apply_overrides(copy.deepcopy(data), overrides)  # the generator may come from --set
-        reasoning = given.get("task") == "reasoning" or (given.get("task", "auto") == "auto" and
-                                                         is_reasoner(str(given.get("generator", ""))))
-        data["rewards"] = copy.deepcopy(REASONING_REWARDS if reasoning else DEFAULT_EXPERIMENT_REWARDS)
+        task = task_of_model(str(given.get("generator", "")), str(given.get("task", "auto")))
+        data["rewards"] = copy.deepcopy(task.default_rewards)
     data = apply_overrides(data, overrides)
     return from_dict(ExperimentConfig, data, source=path or "experiment")
 

@@ -20,10 +20,8 @@ from dataclasses import dataclass, field
 
 from hasten.knobs import FORECAST_SPACES
 from hasten.policies.heads import PolicyConfig
-
-#: name -> {weight, options}: PSNR/10 to full compute, -4x the relative budget overshoot, P(full) by the discriminator
-DEFAULT_EXPERIMENT_REWARDS = {"fidelity": {"weight": 1.0}, "cost": {"weight": 4.0, "mode": "overshoot"},
-                              "discriminator": {"weight": 0.5}}
+from hasten.tasks import TASKS
+from hasten.tasks.denoising import DEFAULT_REWARDS as DEFAULT_EXPERIMENT_REWARDS  # an experiment without rewards
 
 
 @dataclass
@@ -111,7 +109,7 @@ class ExperimentConfig:
     """One ``hasten train`` run: the frozen generator, the target, the policy, rewards and GRPO."""
 
     generator: str = ""  # embedded:NAME (shapes, arith), a generator/reasoner folder, or a diffusers pipeline folder
-    task: str = "auto"  # "denoising", "reasoning", or "auto" (from the generator: a reasoning LM or a denoiser)
+    task: str = "auto"  # a registered task ("denoising", "reasoning", ...) or "auto" (the one that claims the generator)
     generator_options: dict = field(default_factory=dict)  # pipeline folder: prompts, resolution, dtype, device
     name: str = "run"  # run folder name under runs/
     seed: int = 0  # seeds the training pairs, the policy init and the decision sampling
@@ -141,8 +139,8 @@ class ExperimentConfig:
     def __post_init__(self):
         if not self.generator:
             raise ValueError("generator: missing; expected embedded:shapes or a generator folder")
-        if self.task not in ("auto", "denoising", "reasoning"):
-            raise ValueError(f"task={self.task!r}: expected 'auto', 'denoising' or 'reasoning'")
+        if self.task != "auto" and self.task not in TASKS:
+            raise ValueError(f"task={self.task!r}: expected 'auto' or one of {', '.join(map(repr, TASKS))}")
         if not self.name or "/" in self.name or self.name.startswith("."):
             raise ValueError(f"name={self.name!r}: expected a plain folder name, e.g. quickstart")
         if not 0 < self.budget <= 1:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import gymnasium as gym
 from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
@@ -18,6 +17,7 @@ from gymnasium.vector.utils import batch_space
 from hasten.errors import HastenError
 from hasten.models.adapter import OBSERVATION, OBSERVATION_CHANGE_MAX
 from hasten.knobs import KNOBS, forecast_space
+from hasten.envs.common import SingleRowEnv, reset_options, reward_columns
 from hasten.envs.references import ReferenceCache
 from hasten.rewards import CompositeReward, RewardInputs, build_reward
 
@@ -133,24 +133,10 @@ class DenoisingVectorEnv(VectorEnv):
         if mask.shape != (self.num_envs,):
             raise HastenError(f"reset_mask of shape {mask.shape}: expected ({self.num_envs},)")
         rows = np.flatnonzero(mask)
-        conditions = options.get("conditions")
-        seeds = options.get("seeds")
-        if conditions is None:
-            conditions = self.np_random.integers(0, self.generator.num_classes, size=self.num_envs)
-        if seeds is None:
-            seeds = self.np_random.integers(0, MAX_NOISE_SEED, size=self.num_envs)
-        if len(conditions) != self.num_envs or len(seeds) != self.num_envs:
-            raise HastenError(f"reset options: {len(conditions)} conditions and {len(seeds)} seeds; "
-                              f"expected {self.num_envs} of each (one per row)")
-        budgets = options.get("budget")
-        if budgets is None:
-            budgets = (self.np_random.uniform(*self.budget_range, size=self.num_envs) if self.budget_range
-                       else np.full(self.num_envs, self.budget))
-        budgets = np.broadcast_to(np.asarray(budgets, dtype=np.float64), (self.num_envs,))
-        if np.any(budgets <= 0) or np.any(budgets > 1):
-            raise HastenError(f"budget {budgets.min():.3g}..{budgets.max():.3g}: expected FLOPs fractions in (0, 1]")
+        conditions, seeds, budgets = reset_options(
+            self, options, lambda n: self.np_random.integers(0, self.generator.num_classes, size=n), MAX_NOISE_SEED,
+            unit="FLOPs fractions")
         labels = self.generator.encode(list(conditions))
-        seeds = np.asarray(seeds, dtype=np.int64)
         if self.rollout is None or rows.size == self.num_envs:
             self.rollout = self.generator.start(labels, seeds.tolist(), self.num_steps, self.guidance,
                                                 forecast=self.forecast)
@@ -189,10 +175,7 @@ class DenoisingVectorEnv(VectorEnv):
         if finished.any():
             total, terms = self.episode_reward(np.flatnonzero(finished), spent_now)
             rewards[finished] = total.numpy()
-            for name, value in terms.items():
-                column = np.full(self.num_envs, np.nan)
-                column[finished] = value.numpy()
-                info["reward_terms"][name] = column
+            info["reward_terms"] = reward_columns(self.num_envs, finished, terms)
         obs = self.rollout.observation(torch.from_numpy(self.budgets), spent_now)
         return obs, rewards, terminated, np.zeros(self.num_envs, dtype=bool), info
 
@@ -243,7 +226,7 @@ class DenoisingVectorEnv(VectorEnv):
                     decisions=self.rollout.decisions.numpy().copy())
 
 
-class DenoisingEnv(gym.Env):
+class DenoisingEnv(SingleRowEnv):
     """Single-row view of :class:`DenoisingVectorEnv` (``gymnasium.make("hasten/Denoising-v0")``).
 
     Same Action Space, Observation Space, Rewards and Arguments as the vector env, for one
@@ -251,27 +234,8 @@ class DenoisingEnv(gym.Env):
     ``options`` give ``condition`` / ``seed`` / ``budget``.
     """
 
-    metadata = {"render_modes": []}
+    vector_class = DenoisingVectorEnv
+    max_seed = MAX_NOISE_SEED
 
-    def __init__(self, **kwargs):
-        self.vector = DenoisingVectorEnv(num_envs=1, **kwargs)
-        self.observation_space = self.vector.single_observation_space
-        self.action_space = self.vector.single_action_space
-
-    def reset(self, *, seed: int | None = None, options: dict | None = None):
-        super().reset(seed=seed)
-        options = dict(options or {})
-        vec = self.vector
-        condition = options.get("condition", int(self.np_random.integers(0, vec.generator.num_classes)))
-        noise_seed = options.get("seed", int(self.np_random.integers(0, MAX_NOISE_SEED)))
-        budget = options.get("budget")
-        if budget is None:
-            budget = float(self.np_random.uniform(*vec.budget_range)) if vec.budget_range else vec.budget
-        obs, info = vec.reset(options={"conditions": [condition], "seeds": [noise_seed], "budget": budget})
-        return obs[0], {k: v[0] for k, v in info.items()}
-
-    def step(self, action):
-        obs, reward, terminated, truncated, info = self.vector.step(np.asarray(action)[None])
-        info = {k: (v[0] if isinstance(v, np.ndarray) else {n: c[0] for n, c in v.items()})
-                for k, v in info.items()}
-        return obs[0], float(reward[0]), bool(terminated[0]), bool(truncated[0]), info
+    def draw_condition(self) -> int:
+        return int(self.np_random.integers(0, self.vector.generator.num_classes))

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import gymnasium as gym
 from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
+from hasten.envs.common import SingleRowEnv, reset_options, reward_columns
 from hasten.errors import HastenError
 from hasten.rewards import CompositeReward, ReasoningInputs, build_reward
 
@@ -182,23 +182,10 @@ class ReasoningVectorEnv(VectorEnv):
         if "reset_mask" in options and not np.all(options["reset_mask"]):
             raise HastenError("reset_mask: hasten/Reasoning-v0 resets whole batches (one KV cache); "
                               "expected no reset_mask or all True")
-        conditions, seeds = options.get("conditions"), options.get("seeds")
-        if conditions is None:
-            conditions = self.reasoner.sample_conditions(self.np_random, self.num_envs)
-        if seeds is None:
-            seeds = self.np_random.integers(0, MAX_PROBLEM_SEED, size=self.num_envs)
-        if len(conditions) != self.num_envs or len(seeds) != self.num_envs:
-            raise HastenError(f"reset options: {len(conditions)} conditions and {len(seeds)} seeds; "
-                              f"expected {self.num_envs} of each (one per row)")
-        budgets = options.get("budget")
-        if budgets is None:
-            budgets = (self.np_random.uniform(*self.budget_range, size=self.num_envs) if self.budget_range
-                       else np.full(self.num_envs, self.budget))
-        budgets = np.broadcast_to(np.asarray(budgets, dtype=np.float64), (self.num_envs,)).copy()
-        if np.any(budgets <= 0) or np.any(budgets > 1):
-            raise HastenError(f"budget {budgets.min():.3g}..{budgets.max():.3g}: expected fractions in (0, 1]")
+        conditions, seeds, budgets = reset_options(
+            self, options, lambda n: self.reasoner.sample_conditions(self.np_random, n), MAX_PROBLEM_SEED)
         self.conditions = np.asarray(conditions, dtype=np.int64).copy()
-        self.seeds = np.asarray(seeds, dtype=np.int64).copy()
+        self.seeds = seeds.copy()
         self.budgets = budgets
         self.problems = self.reasoner.problems(self.conditions, self.seeds)
         self.decoder = self.reasoner.decoder([p.prompt() for p in self.problems])
@@ -266,10 +253,7 @@ class ReasoningVectorEnv(VectorEnv):
             self.correct[rows] = [self.problems[i].check(answers[i]) for i in rows]
             total, terms = self.episode_reward(rows)
             rewards[rows] = total.numpy()
-            for name, value in terms.items():
-                column = np.full(self.num_envs, np.nan)
-                column[rows] = value.numpy()
-                info["reward_terms"][name] = column
+            info["reward_terms"] = reward_columns(self.num_envs, rows, terms)
         self.terminated |= finished
         info["waiting"] = self.deciding()
         return self.observation(), rewards, self.terminated.copy(), np.zeros(self.num_envs, dtype=bool), info
@@ -284,35 +268,19 @@ class ReasoningVectorEnv(VectorEnv):
         return self.reward(inputs)
 
 
-class ReasoningEnv(gym.Env):
+class ReasoningEnv(SingleRowEnv):
     """Single-row view of :class:`ReasoningVectorEnv` (``gymnasium.make("hasten/Reasoning-v0")``).
 
     Same spaces, rewards and arguments, one problem at a time; ``reset`` draws the difficulty and
     the problem seed from ``np_random`` unless ``options`` give ``condition`` / ``seed`` / ``budget``.
     """
 
-    metadata = {"render_modes": []}
+    vector_class = ReasoningVectorEnv
+    max_seed = MAX_PROBLEM_SEED
 
     def __init__(self, **kwargs):
         kwargs.pop("group_size", None)
-        self.vector = ReasoningVectorEnv(num_envs=1, **kwargs)
-        self.observation_space = self.vector.single_observation_space
-        self.action_space = self.vector.single_action_space
+        super().__init__(**kwargs)
 
-    def reset(self, *, seed: int | None = None, options: dict | None = None):
-        super().reset(seed=seed)
-        options = dict(options or {})
-        vec = self.vector
-        condition = options.get("condition", int(vec.reasoner.sample_conditions(self.np_random, 1)[0]))
-        problem_seed = options.get("seed", int(self.np_random.integers(0, MAX_PROBLEM_SEED)))
-        budget = options.get("budget")
-        if budget is None:
-            budget = float(self.np_random.uniform(*vec.budget_range)) if vec.budget_range else vec.budget
-        obs, info = vec.reset(options={"conditions": [condition], "seeds": [problem_seed], "budget": budget})
-        return obs[0], {k: v[0] for k, v in info.items()}
-
-    def step(self, action):
-        obs, reward, terminated, truncated, info = self.vector.step(np.asarray(action).reshape(1))
-        info = {k: (v[0] if isinstance(v, np.ndarray) else {n: c[0] for n, c in v.items()})
-                for k, v in info.items()}
-        return obs[0], float(reward[0]), bool(terminated[0]), bool(truncated[0]), info
+    def draw_condition(self) -> int:
+        return int(self.vector.reasoner.sample_conditions(self.np_random, 1)[0])

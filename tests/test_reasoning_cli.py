@@ -43,6 +43,12 @@ def test_train_a_head_then_compare(tmp_path, tiny_reasoner_dir):
     report = run_cli("report", str(tmp_path / "runs" / "rq"))
     assert report.returncode == 0, report.stderr
     assert (tmp_path / "runs" / "rq" / "report.png").stat().st_size > 1000
+    # hasten policy eval finds the head's task from its config: the greedy head vs the full chain
+    result = run_cli("policy", "eval", str(policy), "--generator", tiny_reasoner_dir, "--n", "6",
+                     "--json", str(tmp_path / "eval.json"), "--quiet")
+    assert result.returncode == 0, result.stderr
+    methods = json.loads((tmp_path / "eval.json").read_text())["methods"]
+    assert [m["family"] for m in methods] == ["full", "hasten head"] and "| hasten head (greedy) |" in result.stdout
     bench = tmp_path / "BENCHMARKS.md"
     bench.write_text("# Benchmarks\n\n## Other\n\nkept\n")
     result = run_cli("compare", "--task", "reasoning", "--generator", tiny_reasoner_dir, "--policy", str(policy),

@@ -24,25 +24,35 @@ EMBEDDED = {"shapes": os.path.join(EMBEDDED_ROOT, "shapes", "weights")}
 META = "hasten_generator.json"
 
 
-def resolve_generator_path(name_or_path: str) -> str:
-    """``embedded:NAME`` or a folder -> the generator folder, with errors that say what is expected."""
+def resolve_model_folder(name_or_path: str, embedded: dict[str, str], meta: str, kind: str, recipe: str,
+                        not_a_folder: str = "") -> str:
+    """``embedded:NAME`` (a key of ``embedded``) or a folder holding ``meta`` -> the folder, with errors
+    that name the ``kind`` of model ("generator", "reasoner"), the ``recipe`` that writes one and,
+    for a folder without ``meta``, what else it could be (``not_a_folder``)."""
     if name_or_path.startswith("embedded:"):
         name = name_or_path.split(":", 1)[1]
-        if name not in EMBEDDED:
-            raise HastenError(f"unknown embedded generator {name_or_path!r}: expected one of "
-                              f"{', '.join('embedded:' + k for k in EMBEDDED)}")
-        path = EMBEDDED[name]
-        if not os.path.isfile(os.path.join(path, META)):
-            raise HastenError(f"{path}: the embedded generator's files are missing from this "
-                              "installation; reinstall hasten or rebuild it with `hasten generator train`")
+        if name not in embedded:
+            raise HastenError(f"unknown embedded {kind} {name_or_path!r}: expected one of "
+                              f"{', '.join('embedded:' + k for k in embedded)}")
+        path = embedded[name]
+        if not os.path.isfile(os.path.join(path, meta)):
+            raise HastenError(f"{path}: the embedded {kind}'s files are missing from this "
+                              f"installation; reinstall hasten or rebuild it with `{recipe}`")
         return path
     if not os.path.isdir(name_or_path):
-        raise HastenError(f"{name_or_path}: generator not found; expected embedded:shapes or a folder "
-                          f"written by `hasten generator train` (holding {META})")
-    if not os.path.isfile(os.path.join(name_or_path, META)):
-        raise HastenError(f"{name_or_path}: not a generator folder ({META} missing); expected a folder "
-                          "written by `hasten generator train` or a diffusers pipeline folder (model_index.json)")
+        examples = " or ".join("embedded:" + k for k in embedded)
+        raise HastenError(f"{name_or_path}: {kind} not found; expected {examples} or a folder "
+                          f"written by `{recipe}` (holding {meta})")
+    if not os.path.isfile(os.path.join(name_or_path, meta)):
+        raise HastenError(f"{name_or_path}: not a {kind} folder ({meta} missing); expected a folder "
+                          f"written by `{recipe}`{not_a_folder}")
     return name_or_path
+
+
+def resolve_generator_path(name_or_path: str) -> str:
+    """``embedded:NAME`` or a folder -> the generator folder, with errors that say what is expected."""
+    return resolve_model_folder(name_or_path, EMBEDDED, META, "generator", "hasten generator train",
+                                " or a diffusers pipeline folder (model_index.json)")
 
 
 def _check_safetensors(path: str) -> None:

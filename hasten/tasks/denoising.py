@@ -145,6 +145,35 @@ class DenoisingTask(Task):
                                  progress=not args.quiet)
         return result, markdown_table(result)
 
+    # ------------------------------------------------------------------------- compare
+    def compare(self, args) -> dict:
+        """The learned policy against full compute, uniform steps, diffusers' caches and cache-dit on held-out
+        pairs (:func:`hasten.bench.compare.compare`), or an earlier run's JSON re-analysed (``--from-json``)."""
+        from hasten.bench.compare import acceptance, compare, parse_budgets
+        from hasten.cli.common import evaluation_classifier, int_tuple, policy_and_generator
+        from hasten.io import read_json
+
+        if args.from_json:  # re-analyse and re-render an earlier run's measurements; nothing is measured
+            result = read_json(args.from_json)
+            result["acceptance"] = acceptance(result)
+            return result
+        budgets = parse_budgets(args.budgets)  # checked before anything loads
+        uniform = int_tuple(args.uniform_steps, "--uniform-steps") if args.uniform_steps else None
+        batches = int_tuple(args.timing_batches, "--timing-batches")
+        if args.policy and not os.path.isdir(args.policy):
+            raise HastenError(f"--policy {args.policy}: policy folder not found (expected runs/NAME/policy)")
+        policy, generator = policy_and_generator(args)
+        return compare(generator, policy, classifier=evaluation_classifier(args, generator), budgets=budgets,
+                       n=args.n or 256, policy_path=args.policy, seed=args.seed, methods=args.methods,
+                       uniform_steps=uniform, timing_samples=args.timing_samples,
+                       timing_repeats=args.timing_repeats, timing_batches=batches, batch_size=args.batch_size,
+                       peer_batch_size=args.peer_batch_size, progress=not args.quiet)
+
+    def compare_report(self):
+        from hasten.bench.compare_report import SECTION_TITLE, benchmarks_section, markdown, pareto_plot
+
+        return markdown, pareto_plot, benchmarks_section, SECTION_TITLE
+
     # ------------------------------------------------------------------------- inference
     def accepts(self, target, policy) -> bool:
         return self.owns_policy(policy.config) and not hasattr(target, "generate")

@@ -10,6 +10,8 @@ transformers causal-LM folder); its policy a :class:`~hasten.policies.cot.CoTLen
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from hasten.envs.reasoning import DEFAULT_REWARDS
@@ -127,6 +129,35 @@ class ReasoningTask(Task):
             lines.append(f"| {row['method']} | {row['accuracy']:.3f} | {row['think_tokens']:.1f} | "
                          f"{row['think_tokens'] / max(full, 1e-9):.3f} | {row['seconds']:.2f} |")
         return result, "\n".join(lines) + "\n"
+
+    # ------------------------------------------------------------------------- compare
+    def compare(self, args) -> dict:
+        """The head against the full chain, fixed budgets, DEER and trl's GRPOTrainer on held-out problems
+        (:func:`hasten.bench.compare_reasoning.compare_reasoning`), or an earlier run's JSON re-analysed."""
+        from hasten.bench.compare_reasoning import acceptance, compare_reasoning
+        from hasten.cli.common import float_tuple
+        from hasten.io import read_json
+
+        if args.from_json:
+            result = read_json(args.from_json)
+            result["acceptance"] = acceptance(result)
+            return result
+        fixed = tuple(int(v) for v in float_tuple(args.fixed_steps, "--fixed-steps", 0, 10_000))
+        deer = float_tuple(args.deer_thresholds, "--deer-thresholds", 0, 1)
+        heads = float_tuple(args.head_thresholds, "--head-thresholds", 0, 1)
+        if args.policy and not os.path.isdir(args.policy):
+            raise HastenError(f"--policy {args.policy}: policy folder not found (expected runs/NAME/policy)")
+        if args.trl_model and not os.path.isdir(args.trl_model):
+            raise HastenError(f"--trl-model {args.trl_model}: reasoner folder not found")
+        return compare_reasoning(args.generator or self.default_model, args.policy, n=args.n or 64, seed=args.seed,
+                                 fixed_steps=fixed, deer_thresholds=deer, head_thresholds=heads,
+                                 trl_model=args.trl_model, trl_minutes=args.trl_minutes, trl_out=args.trl_out,
+                                 batch_size=args.batch_size, progress=not args.quiet)
+
+    def compare_report(self):
+        from hasten.bench.compare_reasoning import SECTION_TITLE, benchmarks_section, markdown, plot
+
+        return markdown, plot, benchmarks_section, SECTION_TITLE
 
     # ------------------------------------------------------------------------- inference
     def accepts(self, target, policy) -> bool:

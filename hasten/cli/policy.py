@@ -1,0 +1,50 @@
+"""``hasten policy eval``: a trained policy vs full compute and uniform step reduction."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from hasten.cli.common import add_report_options, command_group, positive_int, report, set_threads
+
+
+def cmd_policy_eval(args) -> int:
+    """Evaluate a policy on held-out episodes, the way its task does (:meth:`~hasten.tasks.Task.evaluate_policy`)."""
+    from hasten.policies import Policy
+    from hasten.tasks import task_of_policy
+
+    set_threads(args.threads)
+    policy = Policy.from_pretrained(args.policy)
+    result, table = task_of_policy(policy.config, where=args.policy).evaluate_policy(policy, args)
+    result["policy"] = os.path.abspath(args.policy)
+    result["command"] = "hasten " + " ".join(sys.argv[1:]) if sys.argv else ""
+    report(table, result, args)
+    return 0
+
+
+def add_parser(sub) -> None:
+    pol_sub = command_group(sub, "policy", "evaluate trained policies", "Evaluate trained acceleration policies.")
+    pe = pol_sub.add_parser(
+        "eval", help="a policy vs full compute and uniform step reduction on held-out pairs",
+        description="On N held-out (class, noise) pairs: FLOPs speedup, wall-clock speedup at batch 1, "
+                    "PSNR/SSIM to full compute, class accuracy and Frechet distance (evaluation "
+                    "classifier; none for a diffusers pipeline folder, whose latents are compared by PSNR/SSIM "
+                    "only) of full compute, the policy, and uniform step reduction at the step "
+                    "counts around the policy's FLOPs. The generator and its loader options default to "
+                    "those the policy was trained with.")
+    pe.add_argument("policy", help="policy folder, e.g. runs/quickstart/policy")
+    pe.add_argument("--generator", help="generator (default: the one the policy was trained on)")
+    pe.add_argument("--classifier", help="evaluation classifier folder (default: the generator's own)")
+    pe.add_argument("--generator-option", action="append", metavar="KEY=VALUE",
+                    help="an option of the generator's loader (repeatable), e.g. for a diffusers pipeline folder "
+                         "prompts_file=PATH, resolution=512, device=cuda (default: the policy's own)")
+    pe.add_argument("--n", type=positive_int, default=256, help="held-out pairs (default: %(default)s)")
+    pe.add_argument("--budget", type=float, help="target FLOPs fraction (default: the policy's)")
+    pe.add_argument("--seed", type=int, default=1_000_000, help="first held-out noise seed (default: %(default)s)")
+    pe.add_argument("--greedy", action="store_true",
+                    help="take each knob's most likely level instead of sampling (seeded) as in training")
+    pe.add_argument("--batch-size", type=positive_int, default=64, help="rows per model call")
+    pe.add_argument("--timing-samples", type=positive_int, default=4, help="samples timed at batch 1")
+    pe.add_argument("--timing-repeats", type=positive_int, default=5, help="interleaved timing repeats")
+    add_report_options(pe)
+    pe.set_defaults(func=cmd_policy_eval)

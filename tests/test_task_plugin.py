@@ -32,6 +32,9 @@ def test_the_toy_task_is_found_through_the_registry():
     assert task_of_model("embedded:shapes").name == "denoising" and task_of_model("embedded:arith").name == "reasoning"
     with pytest.raises(HastenError, match="unknown task.*countdown.*denoising.*reasoning"):
         get_task("video")
+    with pytest.raises(TypeError, match="abstract"):  # a task missing its env or model loader cannot register
+        hasten.register_task(type("HalfTask", (hasten.Task,), {"name": "half"}))
+    assert "half" not in TASKS
 
 
 def test_the_toy_task_trains_one_grpo_iteration_in_process(tmp_path):

@@ -9,14 +9,14 @@ import gymnasium as gym
 from hasten.errors import HastenError
 
 
-def reset_options(env, options: dict, draw_conditions, max_seed: int, unit: str = "fractions"):
+def reset_options(env, options: dict, max_seed: int, unit: str = "fractions"):
     """(conditions, seeds, budgets) of a reset of ``env``'s ``num_envs`` rows: ``options``'
     ``conditions``, ``seeds`` and ``budget`` (a number or one per row), else drawn from
-    ``env.np_random`` (conditions by ``draw_conditions(n)``, budgets from ``env.budget_range``)."""
+    ``env.np_random`` (conditions by ``env.draw_conditions(rng, n)``, budgets from ``env.budget_range``)."""
     n = env.num_envs
     conditions, seeds = options.get("conditions"), options.get("seeds")
     if conditions is None:
-        conditions = draw_conditions(n)
+        conditions = env.draw_conditions(env.np_random, n)
     if seeds is None:
         seeds = env.np_random.integers(0, max_seed, size=n)
     if len(conditions) != n or len(seeds) != n:
@@ -55,15 +55,11 @@ class SingleRowEnv(gym.Env):
         self.observation_space = self.vector.single_observation_space
         self.action_space = self.vector.single_action_space
 
-    def draw_condition(self) -> int:
-        """One condition drawn from ``np_random`` (the vector env's kind: a class, a difficulty, ...)."""
-        raise NotImplementedError
-
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
         options = dict(options or {})
         vec = self.vector
-        condition = options.get("condition", self.draw_condition())
+        condition = options.get("condition", int(vec.draw_conditions(self.np_random, 1)[0]))
         row_seed = options.get("seed", int(self.np_random.integers(0, self.max_seed)))
         budget = options.get("budget")
         if budget is None:

@@ -133,9 +133,7 @@ class DenoisingVectorEnv(VectorEnv):
         if mask.shape != (self.num_envs,):
             raise HastenError(f"reset_mask of shape {mask.shape}: expected ({self.num_envs},)")
         rows = np.flatnonzero(mask)
-        conditions, seeds, budgets = reset_options(
-            self, options, lambda n: self.np_random.integers(0, self.generator.num_classes, size=n), MAX_NOISE_SEED,
-            unit="FLOPs fractions")
+        conditions, seeds, budgets = reset_options(self, options, MAX_NOISE_SEED, unit="FLOPs fractions")
         labels = self.generator.encode(list(conditions))
         if self.rollout is None or rows.size == self.num_envs:
             self.rollout = self.generator.start(labels, seeds.tolist(), self.num_steps, self.guidance,
@@ -146,6 +144,10 @@ class DenoisingVectorEnv(VectorEnv):
         self.seeds[rows] = seeds[rows]
         self.budgets[rows] = budgets[rows]
         return self.rollout.observation(torch.from_numpy(self.budgets), self.spent()), self._info()
+
+    def draw_conditions(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """``n`` classes drawn from ``rng`` (a reset without ``conditions``)."""
+        return rng.integers(0, self.generator.num_classes, size=n)
 
     def spent(self) -> np.ndarray | None:
         """(num_envs,) cost spent so far in the env's unit (None: the FLOPs the rollout counts)."""
@@ -236,6 +238,3 @@ class DenoisingEnv(SingleRowEnv):
 
     vector_class = DenoisingVectorEnv
     max_seed = MAX_NOISE_SEED
-
-    def draw_condition(self) -> int:
-        return int(self.np_random.integers(0, self.vector.generator.num_classes))

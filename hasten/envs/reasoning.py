@@ -182,8 +182,7 @@ class ReasoningVectorEnv(VectorEnv):
         if "reset_mask" in options and not np.all(options["reset_mask"]):
             raise HastenError("reset_mask: hasten/Reasoning-v0 resets whole batches (one KV cache); "
                               "expected no reset_mask or all True")
-        conditions, seeds, budgets = reset_options(
-            self, options, lambda n: self.reasoner.sample_conditions(self.np_random, n), MAX_PROBLEM_SEED)
+        conditions, seeds, budgets = reset_options(self, options, MAX_PROBLEM_SEED)
         self.conditions = np.asarray(conditions, dtype=np.int64).copy()
         self.seeds = seeds.copy()
         self.budgets = budgets
@@ -193,6 +192,10 @@ class ReasoningVectorEnv(VectorEnv):
         self.correct = np.zeros(self.num_envs, dtype=bool)
         self.decisions = np.full((self.num_envs, self.max_decisions, 1), -1, dtype=np.int64)
         return self.observation(), self._info()
+
+    def draw_conditions(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """``n`` difficulties drawn from ``rng`` (a reset without ``conditions``)."""
+        return self.reasoner.sample_conditions(rng, n)
 
     def observation(self) -> np.ndarray:
         return chain_observation(self.decoder, self.budgets)
@@ -281,6 +284,3 @@ class ReasoningEnv(SingleRowEnv):
     def __init__(self, **kwargs):
         kwargs.pop("group_size", None)
         super().__init__(**kwargs)
-
-    def draw_condition(self) -> int:
-        return int(self.vector.reasoner.sample_conditions(self.np_random, 1)[0])

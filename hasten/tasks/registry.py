@@ -24,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import importlib
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -56,8 +57,9 @@ class TaskSetup:
     extra: dict = field(default_factory=dict)
 
 
-class Task:
-    """One process type. Subclasses set the class attributes and implement the methods below."""
+class Task(ABC):
+    """One process type. Subclasses set the class attributes and implement the abstract methods;
+    the others have defaults (a task without peers has no ``compare``, ...)."""
 
     name: str = ""
     env_ids: tuple[str, ...] = ()
@@ -74,26 +76,26 @@ class Task:
         """Whether ``model`` (a name or folder) is this task's, for ``task: auto``."""
         return False
 
+    @abstractmethod
     def load_model(self, name_or_path: str, options: dict | None = None, device: str | None = None):
         """The frozen model of ``name_or_path`` with its loader ``options`` (an experiment's
         ``generator_options``), moved to ``device`` when given (a Ray worker's GPU)."""
-        raise NotImplementedError
 
     # ------------------------------------------------------------------------- training
     def check_rewards(self, reward, where: str = "rewards") -> None:
         """Reject reward terms this task's env cannot compute (a clear error before any work)."""
 
+    @abstractmethod
     def setup(self, config, model, reward, run_dir: str) -> TaskSetup:
         """The policy, references and env options of a ``hasten train`` run of ``config``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def references(self, model, env_options: dict, cache_dir: str | None = None):
         """An empty reference store for ``model`` (a Ray worker's, filled from the controller's)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def make_env(self, num_envs: int, model, reward, references, env_options: dict, group_size: int = 1):
         """The batched env of ``num_envs`` rows that the pools run (:func:`~hasten.rollouts.run_episodes`)."""
-        raise NotImplementedError
 
     def metrics(self, batch) -> dict:
         """``charts/...`` of one iteration's :class:`~hasten.rollouts.TrajectoryBatch`."""
@@ -107,13 +109,13 @@ class Task:
         """Write what the greedy policy makes of a few training pairs to ``trainer.writer``."""
 
     # ------------------------------------------------------------------------- policies
+    @abstractmethod
     def owns_policy(self, config) -> bool:
         """Whether a saved :class:`~hasten.policies.PolicyConfig` is one of this task's policies."""
-        return False
 
+    @abstractmethod
     def policy_class(self, config, where: str = "policy"):
         """The policy class of a saved config (checked against what this hasten provides)."""
-        raise NotImplementedError
 
     def evaluate_policy(self, policy, args) -> tuple[dict, str]:
         """``hasten policy eval``: (result, markdown table) of ``policy`` on held-out episodes."""
@@ -126,7 +128,7 @@ class Task:
 
     def accelerate(self, target, policy, budget=None, **options):
         """The context manager that applies ``policy`` inside ``target`` and restores it on exit."""
-        raise NotImplementedError
+        raise HastenError(f"hasten.accelerate: the {self.name} task has no plug-in")
 
     # ------------------------------------------------------------------------- compare
     def compare(self, args) -> dict:
@@ -135,7 +137,7 @@ class Task:
 
     def compare_report(self):
         """(markdown(result), plot(result, path), benchmarks_section(result, table, plot), section title)."""
-        raise NotImplementedError
+        raise HastenError(f"compare: not available for the {self.name} task")
 
     def __repr__(self) -> str:
         return f"<hasten task {self.name!r}>"

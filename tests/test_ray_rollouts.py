@@ -169,13 +169,25 @@ def test_concatenated_shards_equal_the_whole_batch(tiny_generator):
 
     def collect(rows):
         env = DenoisingVectorEnv(num_envs=len(rows), generator=tiny_generator, rewards={"cost": {"weight": 1.0}})
-        return InProcessPool(env).collect(policy, [conditions[i] for i in rows], [seeds[i] for i in rows],
+        return InProcessPool(lambda n: env).collect(policy, [conditions[i] for i in rows], [seeds[i] for i in rows],
                                           budgets[rows], row_seeds[rows])
 
     whole = collect([0, 1, 2, 3])
     joined = TrajectoryBatch.concatenate([collect([0]), collect([1, 2]), collect([3])])
     _assert_same_trajectories(whole, joined)
     assert joined.obs.shape == whole.obs.shape
+    # the in-process pool's own batching (rollouts.rows_per_batch): whole groups, same trajectories
+    sizes = []
+
+    def make_env(n):
+        sizes.append(n)
+        return DenoisingVectorEnv(num_envs=n, generator=tiny_generator, rewards={"cost": {"weight": 1.0}})
+
+    pool = InProcessPool(make_env, rows_per_batch=3, group_size=2)
+    assert pool.batches(4) == [slice(0, 2), slice(2, 4)]
+    batched = pool.collect(policy, conditions, seeds, budgets, row_seeds)
+    assert sizes == [2]  # one env of two rows, run twice
+    _assert_same_trajectories(whole, batched)
 
 
 def test_more_gpus_or_cpus_than_the_cluster_has_fail_before_any_work(ray_cluster, tiny_generator_dir, tmp_path):

@@ -78,7 +78,8 @@ class RolloutWorker:
         self.references = self.task.references(self.generator, self.spec.env_options)
         self.policy = self.task.policy_class(policy_config)(policy_config)
         self.version = None
-        self.pools: dict[int, object] = {}
+        self.pool = InProcessPool(lambda n: self.task.make_env(n, self.generator, self.reward, self.references,
+                                                               self.spec.env_options, group_size=self.spec.group_size))
 
     def ready(self) -> int:
         """The actor's process id, once its generator is loaded."""
@@ -92,13 +93,8 @@ class RolloutWorker:
             self.reward.load_state_dict(weights["reward"])
             self.version = weights["version"]
         self.references.remember(shard["references"])
-        n = len(shard["conditions"])
-        if n not in self.pools:
-            env = self.task.make_env(n, self.generator, self.reward, self.references, self.spec.env_options,
-                                     group_size=self.spec.group_size)
-            self.pools[n] = InProcessPool(env)
-        batch = self.pools[n].collect(self.policy, shard["conditions"], shard["seeds"], shard["budgets"],
-                                      shard["row_seeds"], greedy=shard.get("greedy", False))
+        batch = self.pool.collect(self.policy, shard["conditions"], shard["seeds"], shard["budgets"],
+                                 shard["row_seeds"], greedy=shard.get("greedy", False))
         batch.extra.update(busy_s=time.perf_counter() - start, pid=os.getpid())
         return batch
 

@@ -127,8 +127,12 @@ class GRPOTrainer:
         self.policy = setup.policy
         self.initial_policy = copy.deepcopy(self.policy).requires_grad_(False) if g.kl_coef > 0 else None
         self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=g.lr, weight_decay=g.weight_decay)
-        self.env = self.task.make_env(g.groups_per_iteration * g.group_size, self.generator, self.reward,
-                                      self.references, setup.env_options, group_size=g.group_size)
+
+        def make_env(n):
+            return self.task.make_env(n, self.generator, self.reward, self.references, setup.env_options,
+                                      group_size=g.group_size)
+
+        rows = g.groups_per_iteration * g.group_size
         if config.rollouts.backend == "ray":
             spec = RolloutSpec(task=self.task.name, task_module=type(self.task).__module__,
                                generator=_local_path(config.generator),
@@ -136,8 +140,10 @@ class GRPOTrainer:
                                policy=to_dict(self.policy.config), env_options=setup.env_options,
                                threads=config.rollouts.threads, group_size=g.group_size)
             self.pool = RayPool(spec, config.rollouts, g.group_size, reward=self.reward, references=self.references)
+            self.env = make_env(rows)  # the controller's view of the env (its options and references)
         else:
-            self.pool = InProcessPool(self.env)
+            self.pool = InProcessPool(make_env, rows_per_batch=config.rollouts.rows_per_batch, group_size=g.group_size)
+            self.env = self.pool.env(self.pool.batches(rows)[0].stop)  # the env the first batch runs in
 
     # ------------------------------------------------------------------------- one iteration
     def iteration_plan(self, iteration: int):

@@ -65,6 +65,7 @@ class RolloutConfig:
     """Where episodes run: in the controller's process (default) or on Ray actors (DESIGN.md, "Rollouts")."""
 
     backend: str = "inprocess"  # "inprocess" or "ray"
+    rows_per_batch: int = 0  # inprocess: rows per batched episode run, whole groups (0 = all of an iteration's rows)
     threads: int = 2  # torch threads of the process that runs episodes (each Ray worker's, for ray; 0 = torch's default)
     address: str = "local"  # ray: "local" (start Ray on this machine), "auto" (the running cluster) or "HOST:PORT"
     num_workers: int = 2  # ray: rollout actors, each with its own frozen generator and env
@@ -76,6 +77,8 @@ class RolloutConfig:
     def __post_init__(self):
         if self.backend not in ("inprocess", "ray"):
             raise ValueError(f"rollouts.backend={self.backend!r}: expected 'inprocess' or 'ray'")
+        if self.rows_per_batch < 0:
+            raise ValueError(f"rollouts.rows_per_batch={self.rows_per_batch}: expected an integer >= 0 (0 = one batch)")
         if self.threads < 0:
             raise ValueError(f"rollouts.threads={self.threads}: expected an integer >= 0")
         if not self.address:

@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -107,3 +109,44 @@ def test_policy_for_another_family_is_refused(tiny_generator_dir, tmp_path):
                      "--out", str(tmp_path / "x.png"))
     assert_one_line_error(result, "trained for the 'sd3' generator family")
     assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.slow
+def test_train_sigkilled_mid_run_then_resumed_matches_the_uninterrupted_run(tiny_generator_dir, tmp_path):
+    """`hasten train` killed with SIGKILL (no cleanup at all) after a checkpoint, then `--resume`: the
+    iterations after the checkpoint give the metrics of the run that was never interrupted."""
+    import signal
+    import time
+
+    changes = {"train_pairs": 4, "grpo.iterations": 4, "grpo.groups_per_iteration": 2, "grpo.group_size": 2,
+               "logging.checkpoint_every": 1, "logging.sample_every": 100}
+    exp = _experiment(tmp_path, tiny_generator_dir, changes)
+    straight = run_cli("train", exp, "--out", str(tmp_path / "a"), "--quiet")
+    assert straight.returncode == 0, straight.stderr
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "hasten.cli", "train", exp, "--out", str(tmp_path / "b"), "--quiet"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = tmp_path / "b" / "quickstart" / "metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    resumed = run_cli("train", "--resume", str(tmp_path / "b" / "quickstart"), "--quiet")
+    assert resumed.returncode == 0, resumed.stderr
+
+    def lines(run):
+        return [json.loads(line) for line in (tmp_path / run / "quickstart" / "metrics.jsonl").read_text().splitlines()]
+
+    a, b = lines("a"), lines("b")
+    assert [m["iteration"] for m in b] == [0, 1, 2, 3]
+    skip = {"timing_s/rollout", "timing_s/update", "perf/episodes_per_s"}
+    for expected, got in zip(a[2:], b[2:]):
+        for key in expected:
+            if key not in skip:
+                assert got[key] == pytest.approx(expected[key], rel=1e-6, abs=1e-9), key
+    sessions = json.loads((tmp_path / "b" / "quickstart" / "run.json").read_text())["sessions"]
+    assert len(sessions) == 2 and "--resume" in sessions[1]["command"]

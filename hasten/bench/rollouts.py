@@ -91,10 +91,12 @@ def bench_rollouts(config, workers: list[int], iterations: int = 3, inprocess_th
 def _share_references(trainer, references) -> None:
     """Point a trainer's pool at the already computed references (no pool computes them again)."""
     pool = trainer.pool
-    if hasattr(pool, "references"):
-        pool.references = references
+    trainer.references = references  # the envs the in-process pool builds later
+    if hasattr(pool, "envs"):  # the in-process pool: each of its envs
+        for env in pool.envs.values():
+            env.references = references
     else:
-        pool.env.references = references
+        pool.references = references
 
 
 def machine() -> str:

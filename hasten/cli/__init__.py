@@ -15,13 +15,22 @@ import sys
 from hasten import __version__
 from hasten.cli import bench, compare, generator, policy, reasoner, sample, train
 from hasten.cli.common import print_help_and_fail
+from hasten.cli.outputs import check_outputs
 from hasten.errors import HastenError
 
 logger = logging.getLogger("hasten")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse's parser (and every subcommand's: subparsers take their parent's class) whose usage
+    errors are one line that names the option, as hasten's other errors are."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="hasten",
         description="Learn acceleration policies for frozen generative models.",
         epilog="Run `hasten COMMAND --help` for the options of each command.")
@@ -49,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "func", None) is None:  # `hasten` alone
         return print_help_and_fail(parser)
     try:
+        check_outputs(args)  # an unwritable output fails here, before any model loads
         return args.func(args)
     except HastenError as e:
         if args.debug:

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from hasten.cli.outputs import add_output
 from hasten.errors import HastenError
 
 DEFAULT_GENERATOR = "embedded:shapes"
@@ -134,8 +135,8 @@ def print_help_and_fail(parser: argparse.ArgumentParser) -> int:
 def add_report_options(parser: argparse.ArgumentParser) -> None:
     """--threads, --json, --markdown and --quiet: the options of every command that reports numbers."""
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
-    parser.add_argument("--json", metavar="PATH", help="write the results as JSON ('-' for stdout)")
-    parser.add_argument("--markdown", metavar="PATH", help="write the results as a markdown table")
+    add_output(parser, "--json", metavar="PATH", help="write the results as JSON ('-' for stdout)")
+    add_output(parser, "--markdown", metavar="PATH", help="write the results as a markdown table")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 

@@ -8,6 +8,7 @@ import os
 import sys
 
 from hasten.cli.common import add_report_options, positive_int, report, set_threads
+from hasten.cli.outputs import add_output
 from hasten.tasks import TASKS
 
 
@@ -74,7 +75,7 @@ def add_parser(sub) -> None:
     cp.add_argument("--trl-minutes", type=float, default=0.0,
                     help="reasoning: fine-tune the LM with trl's GRPOTrainer for this many minutes (0: skip)")
     cp.add_argument("--trl-model", help="reasoning: an already fine-tuned reasoner folder to evaluate instead")
-    cp.add_argument("--trl-out", default="runs/trl-grpo-baseline",
+    add_output(cp, "--trl-out", "folder", default="runs/trl-grpo-baseline",
                     help="reasoning: where --trl-minutes writes the fine-tuned LM (default: %(default)s)")
     cp.add_argument("--task", choices=tuple(TASKS), default="denoising",
                     help="denoising (default): a DiT generator and its accelerators; reasoning: a reasoning LM, "
@@ -107,8 +108,8 @@ def add_parser(sub) -> None:
     cp.add_argument("--peer-batch-size", type=positive_int, default=1,
                     help="images per sampling run of the library caches in the quality pass; they decide once "
                          "per batch (default: %(default)s, one decision stream per image)")
-    cp.add_argument("--plot", metavar="PATH.png", help="write the Pareto plot (speedup vs PSNR, one curve per method)")
-    cp.add_argument("--benchmarks-md", metavar="PATH",
+    add_output(cp, "--plot", metavar="PATH.png", help="write the Pareto plot (speedup vs PSNR, one curve per method)")
+    add_output(cp, "--benchmarks-md", metavar="PATH",
                     help="(re)write the '## hasten compare' section of this markdown file (e.g. BENCHMARKS.md)")
     cp.add_argument("--from-json", metavar="PATH",
                     help="measure nothing: recompute the acceptance checks and re-render --json, --markdown, "

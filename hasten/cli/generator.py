@@ -7,6 +7,7 @@ import sys
 
 from hasten.cli.common import (DEFAULT_GENERATOR, add_report_options, command_group, int_list, load_config,
                                positive_int, report, set_threads, write_json)
+from hasten.cli.outputs import add_output
 
 
 def cmd_generator_train(args) -> int:
@@ -90,7 +91,7 @@ def add_parser(sub) -> None:
     train.add_argument("--config", help="YAML/JSON file with GeneratorTrainConfig fields")
     train.add_argument("--set", action="append", metavar="KEY=VALUE",
                        help="override one config field (repeatable), e.g. --set steps=100")
-    train.add_argument("--out", default="runs/shapes-generator", help="run folder (default: %(default)s)")
+    add_output(train, "--out", "folder", default="runs/shapes-generator", help="run folder (default: %(default)s)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(func=cmd_generator_train)
@@ -100,7 +101,7 @@ def add_parser(sub) -> None:
         description="Train the evaluation classifier (used only to evaluate, never as a reward).")
     cls.add_argument("--config", help="YAML/JSON file with ClassifierTrainConfig fields")
     cls.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one config field")
-    cls.add_argument("--out", default="runs/shapes-classifier", help="output folder (default: %(default)s)")
+    add_output(cls, "--out", "folder", default="runs/shapes-classifier", help="output folder (default: %(default)s)")
     cls.add_argument("--quiet", action="store_true", help="no progress bar")
     cls.set_defaults(func=cmd_generator_train_classifier)
 

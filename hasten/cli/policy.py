@@ -1,4 +1,5 @@
-"""``hasten policy eval``: a trained policy vs full compute and uniform step reduction."""
+"""``hasten policy eval`` (a trained policy vs full compute and uniform step reduction), ``hasten policy
+list`` (the shipped policies) and ``hasten policy export`` (a run's policy with its provenance)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import os
 import sys
 
 from hasten.cli.common import add_report_options, command_group, positive_int, report, set_threads
+from hasten.cli.outputs import add_output
 
 
 def cmd_policy_eval(args) -> int:
@@ -16,9 +18,41 @@ def cmd_policy_eval(args) -> int:
     set_threads(args.threads)
     policy = Policy.from_pretrained(args.policy)
     result, table = task_of_policy(policy.config, where=args.policy).evaluate_policy(policy, args)
-    result["policy"] = os.path.abspath(args.policy)
+    result["policy"] = args.policy if args.policy.startswith("embedded:") else os.path.abspath(args.policy)
     result["command"] = "hasten " + " ".join(sys.argv[1:]) if sys.argv else ""
     report(table, result, args)
+    return 0
+
+
+def cmd_policy_list(args) -> int:
+    """The shipped policies, one row each: what they accelerate, how fast, from which recipe and commit."""
+    from hasten.policies.shipped import policy_provenance, shipped_policies
+
+    rows = []
+    for name, folder in shipped_policies().items():
+        info = policy_provenance(folder)
+        final = info.get("final", {})
+        if "charts/speedup_flops" in final:
+            result = f"{final['charts/speedup_flops']:.2f}x FLOPs, {final.get('charts/fidelity_psnr', float('nan')):.1f} dB"
+        elif "charts/accuracy" in final:
+            result = f"{final.get('charts/token_fraction', float('nan')):.0%} of the chain, accuracy {final['charts/accuracy']:.3f}"
+        else:
+            result = ""
+        rows.append((name, info.get("model", "?"), result, " && ".join(c for c in info.get("commands", []) if c),
+                     str(info.get("commit", "unknown"))[:12], str(info.get("train_minutes", "?"))))
+    header = ("name", "model", "at its last training iteration", "recipe", "commit", "train min")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    print("\n".join(lines))
+    print("use one wherever a policy folder is accepted: hasten sample --policy NAME, hasten.load_policy(NAME)")
+    return 0
+
+
+def cmd_policy_export(args) -> int:
+    from hasten.policies.shipped import export_policy
+
+    info = export_policy(args.run_dir, args.out)
+    print(f"wrote {args.out} (commit {info['commit']}, {info['iterations']} iterations)")
     return 0
 
 
@@ -48,3 +82,18 @@ def add_parser(sub) -> None:
     pe.add_argument("--timing-repeats", type=positive_int, default=5, help="interleaved timing repeats")
     add_report_options(pe)
     pe.set_defaults(func=cmd_policy_eval)
+    pl = pol_sub.add_parser(
+        "list", help="the policies shipped with hasten (embedded:NAME)",
+        description="The trained policies shipped with hasten, addressable by name wherever a policy folder "
+                    "is accepted (--policy embedded:shapes-budgets, hasten.load_policy('embedded:arith-cot')): "
+                    "their model, their result at the last training iteration, the command and commit that "
+                    "trained them. Each folder's recipe.yaml reproduces it: hasten train recipe.yaml.")
+    pl.set_defaults(func=cmd_policy_list)
+    px = pol_sub.add_parser(
+        "export", help="copy a run's policy with its recipe, commit and final metrics",
+        description="Copy RUN_DIR/policy to OUT with hasten_policy.json (model, command, source commit, machine, "
+                    "training minutes, the last iteration's metrics) and recipe.yaml (the experiment as the run "
+                    "used it). A shipped policy is an export into hasten/embedded/MODEL/policies/NAME.")
+    px.add_argument("run_dir", help="a run folder of hasten train, e.g. runs/quickstart")
+    add_output(px, "--out", "folder", required=True, help="the policy folder to write")
+    px.set_defaults(func=cmd_policy_export)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from hasten.cli.common import add_report_options, command_group, positive_int, report, set_threads
+from hasten.cli.outputs import add_output
 
 
 def cmd_reasoner_train(args) -> int:
@@ -45,8 +46,8 @@ def add_parser(sub) -> None:
     rt.add_argument("--config", help="YAML/JSON file with ReasonerRecipe fields")
     rt.add_argument("--set", action="append", metavar="KEY=VALUE",
                     help="override one recipe field (repeatable), e.g. --set steps=200")
-    rt.add_argument("--out", default="runs/arith-reasoner", help="reasoner folder (default: %(default)s)")
-    rt.add_argument("--log-dir", help="TensorBoard folder for the loss curve")
+    add_output(rt, "--out", "folder", default="runs/arith-reasoner", help="reasoner folder (default: %(default)s)")
+    add_output(rt, "--log-dir", "folder", help="TensorBoard folder for the loss curve")
     rt.add_argument("--quiet", action="store_true", help="no progress bar")
     rt.set_defaults(func=cmd_reasoner_train)
     re_ = rs_sub.add_parser(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from hasten.cli.common import policy_and_generator, positive_int, set_threads
+from hasten.cli.outputs import add_output
 from hasten.errors import HastenError
 
 
@@ -38,10 +39,11 @@ def _sample_with_policy(args, generator, policy, classes, conditions, seeds) -> 
     from hasten.metrics import psnr
 
     steps = args.steps or policy.config.num_steps or None
+    decide = policy.decide(args.budget)  # checks the budget before any sampling
     full, full_stats = generator.sample(conditions, seeds, num_steps=steps, guidance=args.guidance,
                                         batch_size=args.batch_size, progress=not args.quiet)
     fast, stats = generator.sample(conditions, seeds, num_steps=steps, guidance=args.guidance,
-                                   decisions=policy.decide(args.budget), batch_size=args.batch_size,
+                                   decisions=decide, batch_size=args.batch_size,
                                    forecast=policy.config.sampler_forecast,
                                    progress=not args.quiet)
     n = args.n
@@ -78,7 +80,7 @@ def add_parser(sub) -> None:
     sample.add_argument("--batch-size", type=positive_int, default=64, help="rows per model call")
     sample.add_argument("--scale", type=positive_int, default=3, help="pixel upscaling of the grid")
     sample.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
-    sample.add_argument("--out", default="samples.png", help="output PNG (default: %(default)s)")
+    add_output(sample, "--out", default="samples.png", help="output PNG (default: %(default)s)")
     sample.add_argument("--policy", help="a policy folder (runs/NAME/policy): full compute and the policy's "
                                          "samples of the same noise, one row above the other")
     sample.add_argument("--budget", type=float, help="target FLOPs fraction for the policy (default: its own)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from hasten.cli.outputs import add_output
 from hasten.errors import HastenError
 
 
@@ -50,8 +51,8 @@ def add_train_parser(sub) -> None:
     tr.add_argument("experiment", nargs="?", help="experiment file (YAML), e.g. experiments/quickstart.yaml")
     tr.add_argument("--set", action="append", metavar="KEY=VALUE",
                     help="override a field (repeatable; dotted for sections: grpo.lr=0.01)")
-    tr.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
-    tr.add_argument("--out", default="runs", help="folder of run folders (default: %(default)s)")
+    add_output(tr, "--resume", "existing folder", metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    add_output(tr, "--out", "folder", default="runs", help="folder of run folders (default: %(default)s)")
     tr.add_argument("--quiet", action="store_true", help="no progress bar")
     tr.set_defaults(func=cmd_train)
 
@@ -61,5 +62,5 @@ def add_report_parser(sub) -> None:
                          description="Plot a run's reward, FLOPs speedup and PSNR curves, its reward terms and "
                                      "the policy's decisions over the schedule into RUN_DIR/report.png.")
     rep.add_argument("run_dir", help="a run folder, e.g. runs/quickstart")
-    rep.add_argument("--out", help="PNG path (default: RUN_DIR/report.png)")
+    add_output(rep, "--out", help="PNG path (default: RUN_DIR/report.png)")
     rep.set_defaults(func=cmd_report)

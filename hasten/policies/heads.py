@@ -236,9 +236,12 @@ class Policy(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str) -> "Policy":
-        """Load a policy folder; errors name the file and what was expected."""
+        """Load a policy folder, or a shipped policy by name (``embedded:shapes-budgets``,
+        ``hasten policy list``); errors name the file and what was expected."""
         from hasten.config import from_dict
+        from hasten.policies.shipped import resolve_policy_path
 
+        path = resolve_policy_path(path)
         if not os.path.isdir(path):
             raise HastenError(f"{path}: policy folder not found (expected a folder with {CONFIG_NAME} "
                               f"and {WEIGHTS_NAME}, written by `hasten train`)")

@@ -194,6 +194,8 @@ def accelerate(pipe_or_model, policy, budget: float | None = None, *, greedy: bo
     ``max_think_tokens=`` in ``options`` (:class:`~hasten.policies.accelerate_lm.ChainAcceleration`).
 
     Args:
+        policy: a :class:`~hasten.policies.Policy`, a policy folder, or a shipped policy's name
+            (``"embedded:shapes-budgets"``, ``hasten policy list``).
         budget: the target cost fraction the policy is conditioned on (default: its own); 1.0 = full compute.
         greedy: take each knob's most likely level instead of sampling it.
         seed, seeds: the random stream of sampled decisions (per image or row: ``seeds[i]``, default its index).
@@ -210,6 +212,8 @@ def accelerate(pipe_or_model, policy, budget: float | None = None, *, greedy: bo
     """
     from hasten.policies.heads import Policy
 
+    if isinstance(policy, str):
+        policy = Policy.from_pretrained(policy)
     if not isinstance(policy, Policy):
         raise HastenError(f"hasten.accelerate: expected a hasten Policy (Policy.from_pretrained(path)); "
                           f"got {type(policy).__name__}")

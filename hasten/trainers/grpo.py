@@ -28,6 +28,7 @@ from hasten.errors import HastenError
 from hasten.knobs import KNOBS
 from hasten.io import write_text_atomic
 from hasten.policies.heads import Policy
+from hasten.provenance import end_session, start_session
 from hasten.trainers.grpo_config import ExperimentConfig
 
 logger = logging.getLogger(__name__)
@@ -107,6 +108,7 @@ class GRPOTrainer:
         from hasten.rewards import build_reward
         from hasten.rollouts import InProcessPool, RayPool, RolloutSpec
 
+        self.started = time.perf_counter()  # the run's wall clock (grpo.max_minutes) counts setup too
         self.config, self.run_dir = config, run_dir
         g = config.grpo
         if config.rollouts.threads:
@@ -247,6 +249,9 @@ class GRPOTrainer:
             self.load_checkpoint()
         import yaml
 
+        session = start_session(self.run_dir, resume)
+        earlier_s = sum(s.get("wall_s", 0.0) for s in session["sessions"][:-1])
+
         # also on resume: its --set overrides (more iterations, a later budget stage) hold for the next resume too
         write_text_atomic(os.path.join(self.run_dir, CONFIG_FILE), yaml.safe_dump(to_dict(c), sort_keys=False))
         _truncate_metrics(os.path.join(self.run_dir, METRICS_FILE), self.iteration)
@@ -273,11 +278,18 @@ class GRPOTrainer:
                     bar.set_postfix(**self.task.progress(m))
                 if on_iteration is not None:
                     on_iteration(iteration, m)
+                elapsed_min = (earlier_s + time.perf_counter() - self.started) / 60
+                if c.grpo.max_minutes and elapsed_min >= c.grpo.max_minutes and self.iteration < c.grpo.iterations:
+                    self.save_checkpoint()
+                    logger.warning("grpo.max_minutes=%g reached after %d of %d iterations: the policy of iteration "
+                                   "%d is saved", c.grpo.max_minutes, self.iteration, c.grpo.iterations, self.iteration)
+                    break
         finally:
             if bar is not None:
                 bar.close()
             self.writer.close()
             self.pool.close()
+            end_session(self.run_dir, session, self.iteration, time.perf_counter() - self.started)
         return os.path.join(self.run_dir, POLICY_DIR)
 
     def log(self, iteration: int, m: dict) -> None:

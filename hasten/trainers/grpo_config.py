@@ -39,6 +39,8 @@ class GRPOConfig:
     entropy_coef: float = 0.01  # entropy bonus
     max_grad_norm: float = 1.0  # gradient clipping
     advantage_eps: float = 1e-4  # advantage = (r - mean) / (std + eps)
+    max_minutes: float = 0.0  # wall-clock bound of the run (setup included; 0 = none): at the deadline the run
+    #                           stops after the iteration in progress, checkpoints and saves its policy
     scale_rewards: bool = True  # divide by the group's std (False: r - mean, as Dr. GRPO; a small length
     #                             term then stays small where every rollout of a group is right)
 
@@ -56,6 +58,8 @@ class GRPOConfig:
         for name in ("kl_coef", "entropy_coef", "weight_decay", "advantage_eps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"grpo.{name}={getattr(self, name)}: expected a number >= 0")
+        if self.max_minutes < 0:
+            raise ValueError(f"grpo.max_minutes={self.max_minutes}: expected minutes >= 0 (0 = no bound)")
         if self.max_grad_norm <= 0:
             raise ValueError(f"grpo.max_grad_norm={self.max_grad_norm}: expected a positive number")
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from hasten.errors import HastenError
+from hasten.policies.shipped import resolve_policy_path
 from hasten.metrics import psnr
 from hasten.tasks.registry import Task, TaskSetup, register_task
 
@@ -160,7 +161,7 @@ class DenoisingTask(Task):
         budgets = parse_budgets(args.budgets)  # checked before anything loads
         uniform = int_tuple(args.uniform_steps, "--uniform-steps") if args.uniform_steps else None
         batches = int_tuple(args.timing_batches, "--timing-batches")
-        if args.policy and not os.path.isdir(args.policy):
+        if args.policy and not os.path.isdir(resolve_policy_path(args.policy)):
             raise HastenError(f"--policy {args.policy}: policy folder not found (expected runs/NAME/policy)")
         policy, generator = policy_and_generator(args)
         return compare(generator, policy, classifier=evaluation_classifier(args, generator), budgets=budgets,

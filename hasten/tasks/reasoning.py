@@ -16,6 +16,7 @@ import numpy as np
 
 from hasten.envs.reasoning import DEFAULT_REWARDS
 from hasten.errors import HastenError
+from hasten.policies.shipped import resolve_policy_path
 from hasten.tasks.registry import Task, TaskSetup, register_task
 
 DENOISING_TERMS = ("discriminator", "fidelity", "cost")
@@ -145,7 +146,7 @@ class ReasoningTask(Task):
         fixed = tuple(int(v) for v in float_tuple(args.fixed_steps, "--fixed-steps", 0, 10_000))
         deer = float_tuple(args.deer_thresholds, "--deer-thresholds", 0, 1)
         heads = float_tuple(args.head_thresholds, "--head-thresholds", 0, 1)
-        if args.policy and not os.path.isdir(args.policy):
+        if args.policy and not os.path.isdir(resolve_policy_path(args.policy)):
             raise HastenError(f"--policy {args.policy}: policy folder not found (expected runs/NAME/policy)")
         if args.trl_model and not os.path.isdir(args.trl_model):
             raise HastenError(f"--trl-model {args.trl_model}: reasoner folder not found")

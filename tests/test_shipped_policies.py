@@ -59,3 +59,43 @@ def test_export_of_a_run_carries_recipe_commit_and_metrics(tiny_generator_dir, t
         export_policy(str(tmp_path / "no-run"), str(tmp_path / "x"))
     assert not (tmp_path / "x").exists()
 
+
+
+SHIPPED = {"embedded:shapes-quickstart": "embedded:shapes", "embedded:shapes-budgets": "embedded:shapes",
+           "embedded:arith-cot": "embedded:arith"}
+
+
+@pytest.mark.parametrize("name, model", sorted(SHIPPED.items()))
+def test_each_promised_policy_ships_loadable_with_its_recipe(name, model):
+    from hasten.tasks import task_of_policy
+
+    folder = resolve_policy_path(name)
+    info = policy_provenance(folder)
+    assert info["model"] == model and len(info["commit"]) >= 7 and info["final"]
+    assert os.path.isfile(os.path.join(folder, "recipe.yaml"))
+    policy = hasten.load_policy(name)
+    assert task_of_policy(policy.config).claims(model)
+    assert (policy.config.budget_conditioned is True) == name.endswith("budgets")
+
+
+def test_the_shipped_cot_head_cuts_chains_and_keeps_answers():
+    reasoner = hasten.load_reasoner("embedded:arith")
+    head = hasten.load_policy("embedded:arith-cot")
+    problems = reasoner.problems([2, 3, 4, 5, 6, 6], [7, 8, 9, 10, 11, 12])
+    inputs = reasoner.tokenizer([p.prompt() for p in problems], return_tensors="pt", padding=True)
+    with hasten.accelerate(reasoner, head, greedy=True) as acc:
+        out = reasoner.model.generate(**inputs, max_new_tokens=400, do_sample=False)
+    texts = reasoner.tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert "policy" in set(acc.stats["stopped_by"])  # the head stopped at least one chain itself
+    assert sum(p.check(t.rsplit("A", 1)[-1]) for t, p in zip(texts, problems)) >= 5
+
+
+@pytest.mark.slow
+def test_compare_runs_the_shipped_budget_policy(tmp_path):
+    out = tmp_path / "c.json"
+    assert main(["compare", "--policy", "embedded:shapes-budgets", "--n", "2", "--budgets", "0.35",
+                 "--methods", "uniform,policy", "--uniform-steps", "10", "--timing-repeats", "1",
+                 "--timing-samples", "1", "--timing-batches", "1", "--json", str(out), "--quiet"]) == 0
+    result = json.loads(out.read_text())
+    policy = [m for m in result["methods"] if m["family"] == "learned policy"]
+    assert len(policy) == 1 and policy[0]["flops_speedup"] > 2.0

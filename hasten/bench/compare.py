@@ -27,7 +27,7 @@ Library caches decide once per transformer call for the whole batch; they are ev
 per row, so their results do not depend on the batch.
 
 Example:
-    >>> result = compare("embedded:shapes", "runs/budgets/policy", budgets=(0.5, 0.35, 0.25), n=64)  # doctest: +SKIP
+    >>> result = compare("embedded:shapes", "embedded:shapes-budgets", budgets=(0.5, 0.35, 0.25), n=64)  # doctest: +SKIP
     >>> print(markdown(result))  # doctest: +SKIP
     >>> pareto_plot(result, "pareto.png")  # doctest: +SKIP
 """

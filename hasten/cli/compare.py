@@ -53,12 +53,12 @@ def add_parser(sub) -> None:
                     "each budget. Per method and setting: FLOPs speedup (counted as executed), wall-clock "
                     "speedup at batch 1 and batch 16 (median of interleaved repeats), PSNR and SSIM to full "
                     "compute, class accuracy and Frechet distance by the evaluation classifier.",
-        epilog="Example: hasten compare --policy runs/budgets/policy --budgets 0.5,0.35,0.25 --n 64 "
+        epilog="Example: hasten compare --policy embedded:shapes-budgets --budgets 0.5,0.35,0.25 --n 64 "
                "--json compare.json --markdown compare.md --plot pareto.png. Methods for --methods: full, "
                "uniform, sparse, firstblockcache, taylorseer, taylorseer-lite, magcache, "
                "pyramidattentionbroadcast, fastercache, seacache, dbcache, dbcache+taylorseer, random, policy "
                "(full compute always runs: it is the reference). "
-               "With --task reasoning (e.g. hasten compare --task reasoning --policy runs/reasoning-quickstart/policy "
+               "With --task reasoning (e.g. hasten compare --task reasoning --policy embedded:arith-cot "
                "--n 64 --trl-minutes 10 --json r.json --plot r.png): on N held-out problems per difficulty, the "
                "full chain, the answer forced after k lines (--fixed-steps), DEER's confidence exit "
                "(--deer-thresholds; its trial answers counted as probe tokens), the head (greedy and "
@@ -85,8 +85,8 @@ def add_parser(sub) -> None:
     cp.add_argument("--generator-option", action="append", metavar="KEY=VALUE",
                     help="an option of the generator's loader (repeatable), e.g. for a diffusers pipeline folder "
                          "prompts_file=PATH, resolution=512, device=cuda (default: the policy's own)")
-    cp.add_argument("--policy", help="learned policy folder, e.g. runs/budgets/policy (without it: no policy "
-                                     "and no random policy)")
+    cp.add_argument("--policy", help="learned policy folder or shipped name, e.g. embedded:shapes-budgets or "
+                                     "runs/budgets/policy (without it: no policy and no random policy)")
     cp.add_argument("--budgets", default="0.5,0.35,0.25",
                     help="comma-separated budgets of the learned policy, FLOPs fractions in (0, 1] "
                          "(default: %(default)s)")

@@ -66,7 +66,7 @@ def add_parser(sub) -> None:
                     "only) of full compute, the policy, and uniform step reduction at the step "
                     "counts around the policy's FLOPs. The generator and its loader options default to "
                     "those the policy was trained with.")
-    pe.add_argument("policy", help="policy folder, e.g. runs/quickstart/policy")
+    pe.add_argument("policy", help="policy folder or shipped name, e.g. runs/quickstart/policy or embedded:arith-cot")
     pe.add_argument("--generator", help="generator (default: the one the policy was trained on)")
     pe.add_argument("--classifier", help="evaluation classifier folder (default: the generator's own)")
     pe.add_argument("--generator-option", action="append", metavar="KEY=VALUE",

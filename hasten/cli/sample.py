@@ -81,8 +81,9 @@ def add_parser(sub) -> None:
     sample.add_argument("--scale", type=positive_int, default=3, help="pixel upscaling of the grid")
     sample.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     add_output(sample, "--out", default="samples.png", help="output PNG (default: %(default)s)")
-    sample.add_argument("--policy", help="a policy folder (runs/NAME/policy): full compute and the policy's "
-                                         "samples of the same noise, one row above the other")
+    sample.add_argument("--policy", help="a policy folder (runs/NAME/policy) or shipped name (embedded:shapes-budgets): "
+                                         "full compute and the policy's samples of the same noise, one row above "
+                                         "the other")
     sample.add_argument("--budget", type=float, help="target FLOPs fraction for the policy (default: its own)")
     sample.add_argument("--quiet", action="store_true", help="no progress bar")
     sample.set_defaults(func=cmd_sample)

@@ -75,7 +75,8 @@ def test_each_promised_policy_ships_loadable_with_its_recipe(name, model):
     assert os.path.isfile(os.path.join(folder, "recipe.yaml"))
     policy = hasten.load_policy(name)
     assert task_of_policy(policy.config).claims(model)
-    assert (policy.config.budget_conditioned is True) == name.endswith("budgets")
+    if name.endswith("budgets"):  # one policy for any budget of its range
+        assert policy.config.budget_conditioned
 
 
 def test_the_shipped_cot_head_cuts_chains_and_keeps_answers():
@@ -98,4 +99,4 @@ def test_compare_runs_the_shipped_budget_policy(tmp_path):
                  "--timing-samples", "1", "--timing-batches", "1", "--json", str(out), "--quiet"]) == 0
     result = json.loads(out.read_text())
     policy = [m for m in result["methods"] if m["family"] == "learned policy"]
-    assert len(policy) == 1 and policy[0]["flops_speedup"] > 2.0
+    assert len(policy) == 1 and policy[0]["speedup_flops"] > 2.0 and policy[0]["psnr_db"] > 25

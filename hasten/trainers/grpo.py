@@ -115,8 +115,10 @@ class GRPOTrainer:
             torch.set_num_threads(config.rollouts.threads)
         torch.manual_seed(config.seed)  # the policy's and the discriminator's initial weights
         # Everything that can fail on user input fails here, before the run folder exists.
-        self.reward = build_reward(config.rewards, where="rewards")
         self.task = resolve_task(config)
+        if not config.rewards:  # an experiment without reward terms gets its task's
+            config.rewards = copy.deepcopy(self.task.default_rewards)
+        self.reward = build_reward(config.rewards, where="rewards")
         self.task.check_rewards(self.reward, where="rewards")
         self.iteration = 0
         self.writer = None

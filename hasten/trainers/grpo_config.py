@@ -15,13 +15,11 @@ Example (``experiments/quickstart.yaml``)::
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 
 from hasten.knobs import FORECAST_SPACES
 from hasten.policies.heads import PolicyConfig
 from hasten.tasks import TASKS
-from hasten.tasks.denoising import DEFAULT_REWARDS as DEFAULT_EXPERIMENT_REWARDS  # an experiment without rewards
 
 
 @dataclass
@@ -130,7 +128,7 @@ class ExperimentConfig:
     budget_stages: list = field(default_factory=list)  # [[iteration, lo, hi], ...]: the range from that iteration on
     train_pairs: int = 64  # size of the pool of (class, noise) training pairs
     policy: PolicyConfig = field(default_factory=PolicyConfig)
-    rewards: dict = field(default_factory=lambda: copy.deepcopy(DEFAULT_EXPERIMENT_REWARDS))
+    rewards: dict = field(default_factory=dict)  # reward terms ({} = the task's default_rewards)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     rollouts: RolloutConfig = field(default_factory=RolloutConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
@@ -176,5 +174,5 @@ class ExperimentConfig:
         if self.train_pairs < self.grpo.groups_per_iteration:
             raise ValueError(f"train_pairs={self.train_pairs} < grpo.groups_per_iteration="
                              f"{self.grpo.groups_per_iteration}: expected at least one pair per group")
-        if not isinstance(self.rewards, dict) or not self.rewards:
+        if not isinstance(self.rewards, dict):
             raise ValueError("rewards: expected a mapping of reward terms, e.g. {fidelity: {weight: 1.0}}")

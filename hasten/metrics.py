@@ -19,7 +19,13 @@ def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 2.0, window: int 
         >>> x = torch.rand(2, 3, 16, 16) * 2 - 1
         >>> ssim(x, x).tolist()
         [1.0, 1.0]
+
+    Clips (B, C, F, H, W) get the mean SSIM of their frames.
     """
+    if a.ndim == 5:
+        rows, frames = a.shape[0], a.shape[2]
+        fold = lambda x: x.transpose(1, 2).flatten(0, 1)  # noqa: E731
+        return ssim(fold(a), fold(b), data_range, window, sigma).view(rows, frames).mean(1)
     a, b = a.float(), b.float()
     c = a.shape[1]
     coords = torch.arange(window, dtype=torch.float32) - (window - 1) / 2

@@ -7,10 +7,17 @@ step-skip is a whole trajectory (model calls and sampling time relative to full 
 times attention alone (dense vs block-sparse) at each model's shapes, and a batch with mixed
 decisions against the sum of its rows.
 
-Models: ``embedded:shapes`` (or any generator folder) and random-weight FLUX-architecture configs
-``flux-random-1024`` / ``flux-random-4096`` (image tokens; 128 text tokens, 2 double + 4 single
-blocks of 4 heads x 64, single guidance branch as the guidance-distilled FLUX.1-dev; 2 samples
-per call).
+Models: ``embedded:shapes`` (or any generator folder) and random-weight configs at real token
+counts (:data:`RANDOM_MODELS`):
+
+- ``flux-random-1024`` / ``flux-random-4096``: FLUX architecture, 1024 / 4096 image tokens, 128 text
+  tokens, 2 double + 4 single blocks of 4 heads x 64, one guidance branch as the guidance-distilled
+  FLUX.1-dev; 2 samples per call;
+- ``wan-random-5k`` / ``wan-random-20k``: Wan 2.x architecture, 13 latent frames of 30x52 / 60x104
+  latents (5070 / 20280 video tokens after the 1x2x2 patching; the second is what Wan 2.1 samples
+  for 49 frames at 480x832), 64 text tokens through cross-attention, 6 / 4 blocks of 4 heads x 64;
+  1 sample per call, no guidance branch. At 20k tokens a call takes tens of seconds on two cores,
+  so that config skips the step-skip trajectories and runs at most 2 repeats.
 """
 
 from __future__ import annotations
@@ -30,18 +37,27 @@ from hasten.knobs import CACHE_REUSE, SPARSE_ATTENTION, STEP_SKIP, Workspace, bl
 
 logger = logging.getLogger(__name__)
 
-RANDOM_FLUX = {"flux-random-1024": 64, "flux-random-4096": 128}  # name -> image size (2x2 packed)
+_FLUX = dict(family="flux", channels=16, num_layers=2, num_single_layers=4, heads=4, head_dim=64, cond_dim=256,
+             text_tokens=128, num_steps=28, guidance=1.0)
+_WAN = dict(family="wan", channels=16, heads=4, head_dim=64, cond_dim=256, text_tokens=64, num_steps=28,
+            guidance=1.0, frames=13)
+#: random-weight configs: name -> (random_generator arguments, samples per call, heavy)
+RANDOM_MODELS = {
+    "flux-random-1024": ({**_FLUX, "image_size": 64}, 2, False),
+    "flux-random-4096": ({**_FLUX, "image_size": 128}, 2, True),
+    "wan-random-5k": ({**_WAN, "image_size": 30, "image_width": 52, "num_layers": 6}, 1, False),  # 13 x 15 x 26 tokens
+    "wan-random-20k": ({**_WAN, "image_size": 60, "image_width": 104, "num_layers": 4}, 1, True),  # 13 x 30 x 52 tokens
+}
 DEFAULT_MODELS = ("embedded:shapes", "flux-random-1024", "flux-random-4096")
 
 
 def load_bench_model(name: str):
-    """A generator for the benchmark: a random FLUX config by name, else ``load_generator(name)``."""
-    if name in RANDOM_FLUX:
+    """A generator for the benchmark: a random config by name, else ``load_generator(name)``."""
+    if name in RANDOM_MODELS:
         from hasten.models.synthetic import random_generator
 
-        return random_generator("flux", image_size=RANDOM_FLUX[name], channels=16, num_layers=2,
-                                num_single_layers=4, heads=4, head_dim=64, cond_dim=256, text_tokens=128,
-                                num_steps=28, guidance=1.0)
+        config = dict(RANDOM_MODELS[name][0])
+        return random_generator(config.pop("family"), **config)
     from hasten.models import load_generator
 
     return load_generator(name)
@@ -117,7 +133,7 @@ def _step_skip(gen, samples: int, repeats: int, num_steps: int) -> list[dict]:
 def _attention(gen, repeats: int) -> list[dict]:
     """Attention alone at the model's first block's shapes: dense vs block-sparse."""
     cost = gen.step_cost()
-    heads, n, d = cost.attention[0][0]
+    heads, n, _, d, _ = next(call for call in cost.attention[0] if call[4])  # the sparsified attention
     torch.manual_seed(0)
     q, k, v = (torch.randn(1, heads, n, d) for _ in range(3))
     text_first = gen.family.text_first
@@ -141,26 +157,27 @@ def bench_knobs(models=DEFAULT_MODELS, repeats: int = 5, samples: int | None = N
     from hasten.models.registry import resolve_generator_path
 
     for name in models:  # fail before any work on a name that is neither a random config nor a generator
-        if name not in RANDOM_FLUX:
+        if name not in RANDOM_MODELS:
             try:
                 resolve_generator_path(name)
             except HastenError as e:
-                raise HastenError(f"--models: {e}; or one of the random configs {', '.join(RANDOM_FLUX)}") from e
+                raise HastenError(f"--models: {e}; or one of the random configs {', '.join(RANDOM_MODELS)}") from e
     bar = tqdm(models, desc="knobs bench", disable=not progress, dynamic_ncols=True)
     for name in bar:
         bar.set_postfix_str(name)
         gen = load_bench_model(name)
-        small = name not in RANDOM_FLUX
-        n = samples or (8 if small else 2)
+        _, per_call, heavy = RANDOM_MODELS.get(name, (None, 8, False))
+        n = samples or per_call
+        rounds = min(repeats, 2) if heavy else repeats
         cost = gen.step_cost()
         entry = {"model": name, "family": gen.family.name, "blocks": len(cost.linear),
-                 "image_tokens": gen.family.image_tokens(gen.transformer, gen.image_size, gen.image_size),
+                 "image_tokens": gen.image_tokens(), "repeats": rounds,
                  "text_tokens": cost.text_len, "samples_per_call": n, "cfg_rows": 2 if gen.default_guidance != 1.0 else 1,
                  "gflops_per_row_call": cost.full() / 1e9}
-        entry["levels"] = _call_levels(gen, n, repeats)
-        if name != "flux-random-4096":  # 28 calls at 4096 tokens take minutes; calls are arithmetic
-            entry["levels"] += _step_skip(gen, n, max(1, (repeats + 1) // 2), num_steps=28)
-        entry["attention"] = _attention(gen, repeats)
+        entry["levels"] = _call_levels(gen, n, rounds)
+        if not heavy:  # 28 calls at thousands of tokens take minutes; model calls are arithmetic
+            entry["levels"] += _step_skip(gen, n, max(1, (rounds + 1) // 2), num_steps=28)
+        entry["attention"] = _attention(gen, rounds)
         gen.detach_knobs()
         result["models"].append(entry)
     return result
@@ -171,9 +188,10 @@ def markdown(result: dict) -> str:
     lines = [f"Knob costs — `{result['command']}`, {result['date']}, {result['machine']}, torch {result['torch']}, "
              f"median of {result['repeats']} interleaved repeats.", ""]
     for m in result["models"]:
-        lines += [f"**{m['model']}** ({m['family']}, {m['blocks']} blocks, {m['image_tokens']} image + "
+        lines += [f"**{m['model']}** ({m['family']}, {m['blocks']} blocks, {m['image_tokens']} image/video + "
                   f"{m['text_tokens']} text tokens, {m['samples_per_call']} sample(s) x {m['cfg_rows']} CFG rows, "
-                  f"{m['gflops_per_row_call']:.2f} GFLOPs per row-call)", "",
+                  f"{m['gflops_per_row_call']:.2f} GFLOPs per row-call, median of {m.get('repeats', result['repeats'])})",
+                  "",
                   "| knob | level | FLOPs fraction | time fraction | notes |", "|---|---|---:|---:|---|"]
         for lv in m["levels"]:
             note = ""

@@ -42,11 +42,14 @@ def add_knobs_parser(sub) -> None:
                     "whole trajectories (model calls, time); attention alone, dense vs sparse; and a "
                     "mixed-decision batch against the sum of its rows.")
     bench.add_argument("--models", default="embedded:shapes,flux-random-1024,flux-random-4096",
-                       help="comma-separated: embedded:NAME, a generator folder, flux-random-1024, "
-                            "flux-random-4096 (default: %(default)s)")
+                       help="comma-separated: embedded:NAME, a generator folder, or a random-weight config "
+                            "at real token counts: flux-random-1024, flux-random-4096 (image tokens), "
+                            "wan-random-5k, wan-random-20k (video tokens: 13 latent frames of 30x52 / 60x104) "
+                            "(default: %(default)s)")
     bench.add_argument("--repeats", type=positive_int, default=5, help="timed repeats per level (default: %(default)s)")
     bench.add_argument("--samples", type=positive_int,
-                       help="samples per model call (default: 8 on small models, 1 on the random FLUX configs)")
+                       help="samples per model call (default: 8 on small models, 2 on the random FLUX "
+                            "configs, 1 on the random Wan configs)")
     add_report_options(bench)
     bench.set_defaults(func=cmd_knobs_bench)
 

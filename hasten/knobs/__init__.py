@@ -36,7 +36,7 @@ from hasten.knobs.forecast import FORECAST_SPACES, OutputForecast, forecast_spac
 from hasten.knobs.cache_reuse import KnobBlockHook, RowCache
 from hasten.knobs.sparse_attention import (QUERY_BLOCKS_PER_KEY_BLOCK, SparseAttentionProcessor, SparseLayout,
                                            Workspace, _SDPA_ARGS, _SparseSDPA, _attention_modules,
-                                           block_sparse_attention, sdpa_arguments)
+                                           block_sparse_attention, sdpa_arguments, sparse_processor)
 from hasten.knobs.hooks import (HOOK_NAME, HookRegistration, KnobState, _MISSING, _invalidate_registry_cache,
                                 attach_knobs, detach_knobs, knobs_attached, register_model_hook,
                                 remove_model_hook)

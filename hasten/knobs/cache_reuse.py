@@ -8,6 +8,7 @@ one, stores or adds the cached residuals.
 
 from __future__ import annotations
 
+import inspect
 from typing import TYPE_CHECKING
 
 import torch
@@ -68,38 +69,66 @@ class RowCache:
 
 
 class KnobBlockHook(ModelHook):
-    """A diffusers ``ModelHook`` on block ``index``: runs only the rows that compute this block."""
+    """A diffusers ``ModelHook`` on block ``index``: runs only the rows that compute this block.
+
+    Blocks of every family are driven the same way: the call's arguments are bound to their names
+    (Wan calls its blocks positionally), every tensor argument with one row per sample is split by
+    row (the rest, such as rotary embeddings, is shared), and a block may return its hidden states
+    alone (Wan, FLUX.2's single-stream blocks) or as ``(encoder_hidden_states, hidden_states)``.
+    """
 
     def __init__(self, index: int, state: KnobState):
         super().__init__()
         self.index = index
         self.state = state
+        self.pair: bool | None = None  # the block returns (context, hidden); learnt at its first call
+        self._signature = None
+
+    def _bind(self, original, args, kwargs) -> dict:
+        if self._signature is None:
+            self._signature = inspect.signature(original)
+        return dict(self._signature.bind(*args, **kwargs).arguments)
+
+    def _call(self, original, kwargs):
+        out = original(**kwargs)
+        self.pair = isinstance(out, tuple)
+        return out if self.pair else (None, out)
 
     def new_forward(self, module, *args, **kwargs):
         state, i = self.state, self.index
         original = self.fn_ref.original_forward
-        if args:
-            raise HastenError(f"block {i}: expected keyword arguments (hidden_states=..., ...), "
-                              "as diffusers' FluxTransformer2DModel and SD3Transformer2DModel call blocks")
         if state.start is None:  # not inside a knob-driven call: behave as the plain block
             return original(*args, **kwargs)
-        hidden, context = kwargs["hidden_states"], kwargs["encoder_hidden_states"]
-        state.text_len = context.shape[1]
+        if args:
+            kwargs = self._bind(original, args, kwargs)
+        if "hidden_states" not in kwargs:
+            raise HastenError(f"block {i} ({type(module).__name__}): called without hidden_states; hasten's knobs "
+                              "drive blocks whose forward takes hidden_states (and encoder_hidden_states)")
+        hidden, context = kwargs["hidden_states"], kwargs.get("encoder_hidden_states")
+        if not state.family.joint_attention:
+            state.text_len = 0
+        elif context is not None:  # FLUX.2's single-stream blocks get [text; image] as hidden states
+            state.text_len = context.shape[1]
+        batch = hidden.shape[0]
         full = state.start == state.num_blocks
         if i in state.boundaries and bool(full.any()):
-            state._boundary_inputs[i] = hidden if bool(full.all()) else hidden[full]
+            every = bool(full.all())
+            state._boundary_inputs[i] = tuple(None if t is None else (t if every else t[full])
+                                              for t in (context, hidden))
         compute = state.start > i
         if bool(compute.all()):
             state.keep_now = state.keep
-            context, hidden = original(**kwargs)
+            context, hidden = self._call(original, kwargs)
         elif bool(compute.any()):
             rows = compute.nonzero().squeeze(1)
-            sub = dict(kwargs)
-            for key in ("hidden_states", "encoder_hidden_states", "temb"):
-                sub[key] = kwargs[key][rows]
+            sub = {key: value[rows.to(value.device)] if _per_row(value, batch) else value
+                   for key, value in kwargs.items()}
             state.keep_now = state.keep[rows]
-            sub_context, sub_hidden = original(**sub)
+            sub_context, sub_hidden = self._call(original, sub)
             rows = rows.to(hidden.device)
+            if sub_hidden.shape[1:] != hidden.shape[1:]:
+                raise HastenError(f"block {i} ({type(module).__name__}): its output tokens differ from its input's; "
+                                  "cache-reuse needs blocks that map hidden states to hidden states")
             hidden = hidden.index_copy(0, rows, sub_hidden)
             context = None if sub_context is None else context.index_copy(0, rows, sub_context)
         state.keep_now = None
@@ -107,7 +136,7 @@ class KnobBlockHook(ModelHook):
             state.cache.record_first_block(state.row_ids, hidden, full)
         if i == state.num_blocks - 1:
             hidden = self._finish(hidden, full)
-        return context, hidden
+        return (context, hidden) if self.pair or (self.pair is None and context is not None) else hidden
 
     def _finish(self, hidden, full):
         """Last block: cache the residuals of full rows; add cached residuals to reusing rows."""
@@ -117,7 +146,7 @@ class KnobBlockHook(ModelHook):
             every = bool(full.all())  # then no mask copies
             rows, done, sigma = (ids, hidden, state.sigma) if every else (ids[full], hidden[full], state.sigma[full])
             for b in state.boundaries:
-                cache.store(b, rows, done - state._boundary_inputs[b], sigma)
+                cache.store(b, rows, done - _joint(state._boundary_inputs[b], done), sigma)
             cache.filled[rows] = True
         reuse = ~full
         if bool(reuse.any()):
@@ -127,3 +156,17 @@ class KnobBlockHook(ModelHook):
                 if rows.numel():
                     hidden[rows] = hidden[rows] + cache.residual(b, ids[rows], state.sigma[rows])
         return hidden
+
+
+def _per_row(value, batch: int) -> bool:
+    """A block argument with one row per sample of the call (split by row; the rest is shared)."""
+    return isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape[0] == batch
+
+
+def _joint(boundary: tuple, output: torch.Tensor) -> torch.Tensor:
+    """A boundary block's input in the layout of the last block's output: its hidden states, or
+    [text; image] where the model joined the streams in between (FLUX.2's single-stream blocks)."""
+    context, hidden = boundary
+    if output.shape[1] == hidden.shape[1] or context is None:
+        return hidden
+    return torch.cat([context, hidden], dim=1)

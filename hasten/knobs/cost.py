@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from hasten.models.families import family_of
-from hasten.knobs import SparseLayout, sdpa_arguments
+from hasten.knobs import SparseLayout, _attention_modules, sdpa_arguments
 
 
 @dataclass
@@ -38,14 +38,17 @@ class StepCost:
     Attributes:
         overhead: FLOPs outside the transformer blocks.
         linear: per block, FLOPs of its linear layers.
-        attention: per block, (heads, tokens, head_dim) of each attention call.
-        text_len: text tokens inside joint attention (they stay dense under sparse attention).
+        attention: per block, (heads, queries, keys, head_dim, sparse) of each attention call;
+            ``sparse`` marks the calls of the attention modules sparse attention acts on (a text
+            cross-attention, Wan's ``attn2``, stays dense).
+        text_len: text tokens inside joint attention (they stay dense under sparse attention; 0
+            for a family whose sparsified attention sees image/video tokens only).
         reuse_from: first reused block for each cache-reuse level (see ``KnobState``).
     """
 
     overhead: float
     linear: list[float]
-    attention: list[list[tuple[int, int, int]]]
+    attention: list[list[tuple[int, int, int, int, bool]]]
     text_len: int
     reuse_from: tuple[int, ...] = field(default=())
 
@@ -57,12 +60,15 @@ class StepCost:
     @classmethod
     @torch.no_grad()
     def trace(cls, transformer, image_size: int, channels: int, text_tokens: int, token_dim: int,
-              pooled_dim: int) -> "StepCost":
-        """Count the FLOPs of one batch-1 forward of ``transformer`` at this resolution."""
+              pooled_dim: int, frames: int = 0, width: int | None = None) -> "StepCost":
+        """Count the FLOPs of one batch-1 forward of ``transformer`` at this resolution (``image_size``
+        x ``width``, square by default, and ``frames`` latent frames for a video family)."""
         family = family_of(transformer)
         weight = next(transformer.parameters())
         like = dict(device=weight.device, dtype=weight.dtype)  # e.g. a bf16 FLUX.1-dev on a GPU
-        x, sigma = torch.zeros(1, channels, image_size, image_size, **like), torch.full((1,), 0.5, **like)
+        size = (image_size, image_size if width is None else width)
+        shape = (1, channels, frames, *size) if frames else (1, channels, *size)
+        x, sigma = torch.zeros(shape, **like), torch.full((1,), 0.5, **like)
         tokens, pooled = torch.zeros(1, text_tokens, token_dim, **like), torch.zeros(1, pooled_dim, **like)
         return cls.trace_call(transformer, lambda: family.velocity(transformer, x, sigma, tokens, pooled), text_tokens)
 
@@ -78,6 +84,9 @@ class StepCost:
         for i, block in enumerate(blocks):
             handles.append(block.register_forward_pre_hook(lambda m, a, i=i: counter.enter(i)))
             handles.append(block.register_forward_hook(lambda m, a, o: counter.leave()))
+            for attn in _attention_modules(block, family):
+                handles.append(attn.register_forward_pre_hook(lambda m, a: counter.sparse_scope(True)))
+                handles.append(attn.register_forward_hook(lambda m, a, o: counter.sparse_scope(False)))
         try:
             with counter:
                 call()
@@ -85,14 +94,14 @@ class StepCost:
             for h in handles:
                 h.remove()
         return cls(overhead=counter.overhead, linear=counter.linear, attention=counter.attention,
-                   text_len=text_tokens)
+                   text_len=text_tokens if family.joint_attention else 0)
 
     def attention_flops(self, block: int, keep: float = 1.0) -> float:
         """FLOPs of block ``block``'s attention (QK^T and AV) with ``keep`` of the image key blocks."""
         total = 0.0
-        for heads, n, d in self.attention[block]:
-            if keep >= 1.0:
-                total += 4.0 * heads * n * n * d
+        for heads, n, keys, d, sparse in self.attention[block]:
+            if keep >= 1.0 or not sparse:
+                total += 4.0 * heads * n * keys * d
                 continue
             t, ni = self.text_len, n - self.text_len
             layout = SparseLayout.for_tokens(ni)
@@ -131,13 +140,17 @@ class _FlopCounter(TorchFunctionMode):
         self.block: int | None = None
         self.overhead = 0.0
         self.linear = [0.0] * num_blocks
-        self.attention: list[list[tuple[int, int, int]]] = [[] for _ in range(num_blocks)]
+        self.attention: list[list[tuple[int, int, int, int, bool]]] = [[] for _ in range(num_blocks)]
+        self.in_sparse = False  # inside an attention module that sparse attention acts on
 
     def enter(self, i):
         self.block = i
 
     def leave(self):
         self.block = None
+
+    def sparse_scope(self, inside: bool):
+        self.in_sparse = inside
 
     def _add(self, flops: float):
         if self.block is None:
@@ -148,7 +161,7 @@ class _FlopCounter(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        if func is F.linear or func is F.conv2d:
+        if func in _LAYERS:
             self._add(layer_flops(func, args, kwargs, out))
         elif func is F.scaled_dot_product_attention:
             call = sdpa_arguments(args, kwargs)
@@ -157,7 +170,7 @@ class _FlopCounter(TorchFunctionMode):
             if self.block is None:
                 self.overhead += 4.0 * heads * q.shape[-2] * k.shape[-2] * q.shape[-1]
             else:
-                self.attention[self.block].append((heads, q.shape[-2], q.shape[-1]))
+                self.attention[self.block].append((heads, q.shape[-2], k.shape[-2], q.shape[-1], self.in_sparse))
         return out
 
 
@@ -186,7 +199,7 @@ class ExecutedFlops(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        if func is F.linear or func is F.conv2d:
+        if func in _LAYERS:
             self.flops += layer_flops(func, args, kwargs, out)
         elif func is F.scaled_dot_product_attention:
             call = sdpa_arguments(args, kwargs)
@@ -199,7 +212,7 @@ class ExecutedFlops(TorchFunctionMode):
 
 
 def layer_flops(func, args, kwargs, out) -> float:
-    """FLOPs of one ``F.linear`` (2 * rows * in * out) or ``F.conv2d`` (2 * outputs * in * kh * kw) call."""
+    """FLOPs of one ``F.linear`` (2 * rows * in * out) or ``F.conv2d`` / ``F.conv3d`` (2 * outputs * in * kernel) call."""
     w = args[1] if len(args) > 1 else kwargs["weight"]
     if func is F.linear:
         x = args[0] if args else kwargs["input"]
@@ -207,6 +220,7 @@ def layer_flops(func, args, kwargs, out) -> float:
     return 2.0 * out.numel() * math.prod(w.shape[1:])
 
 
+_LAYERS = (F.linear, F.conv2d, F.conv3d)
 _MATMULS = (torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.bmm, torch.mm)
 
 

@@ -15,7 +15,7 @@ from diffusers.hooks import HookRegistry, ModelHook
 
 from hasten.errors import HastenError
 from hasten.knobs.cache_reuse import KnobBlockHook, RowCache
-from hasten.knobs.sparse_attention import SparseAttentionProcessor, Workspace, _attention_modules
+from hasten.knobs.sparse_attention import SparseAttentionProcessor, Workspace, _attention_modules, sparse_processor
 from hasten.models.families import DiTFamily, family_of
 
 HOOK_NAME = "hasten_knobs"
@@ -134,8 +134,8 @@ def attach_knobs(transformer: nn.Module) -> KnobState:
     state = KnobState(family, len(blocks))
     for i, block in enumerate(blocks):
         state.registrations.append(register_model_hook(block, KnobBlockHook(i, state), HOOK_NAME))
-        for attn in _attention_modules(block):
-            attn.processor = SparseAttentionProcessor(attn.processor, state)
+        for attn in _attention_modules(block, family):
+            attn.processor = sparse_processor(attn.processor, state)
     transformer._hasten_knobs = state
     _invalidate_registry_cache(transformer)
     return state
@@ -150,7 +150,7 @@ def detach_knobs(transformer: nn.Module) -> None:
     for registration in state.registrations:
         remove_model_hook(registration)
     for block in state.family.blocks(transformer):
-        for attn in _attention_modules(block):
+        for attn in _attention_modules(block, state.family):
             if isinstance(attn.processor, SparseAttentionProcessor):
                 attn.processor = attn.processor.inner
     del transformer._hasten_knobs

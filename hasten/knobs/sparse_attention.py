@@ -9,6 +9,7 @@ so FLOPs and time really drop.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -91,21 +92,23 @@ class Workspace:
 
 
 def block_sparse_attention(q, k, v, text_len: int, text_first: bool, keep: float,
-                           workspace: Workspace | None = None):
+                           workspace: Workspace | None = None, key_mask: torch.Tensor | None = None):
     """Attention in which each image query block sees the text tokens and its top image key blocks.
 
     Args:
         q, k, v: (B, H, N, d) with N = text_len + image tokens, text first or last.
         keep: fraction of image key blocks kept per query block (1.0 = dense attention).
         workspace: reusable buffers for the gathered keys/values.
+        key_mask: (B, N) bool, False for keys no query may see (Qwen-Image's padded text tokens).
 
     Text queries stay dense (they are few). Key blocks are ranked per query block by the dot
     product of mean-pooled query and key blocks; the key blocks covering the query block itself are
     always kept. The kept keys (and the text keys) are gathered into one contiguous buffer per query
     block, so the attention costs about ``keep`` of the dense image-image part.
     """
+    dense_mask = None if key_mask is None else key_mask[:, None, None, :]
     if keep >= 1.0:
-        return F.scaled_dot_product_attention(q, k, v)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=dense_mask)
     b, h, n, d = q.shape
     ni = n - text_len
     layout = SparseLayout.for_tokens(ni)
@@ -132,11 +135,15 @@ def block_sparse_attention(q, k, v, text_len: int, text_first: bool, keep: float
     v_sel = workspace.get("value", (bh * nq * s, d), v)
     torch.index_select(k.reshape(bh * n, d), 0, flat, out=k_sel)
     torch.index_select(v.reshape(bh * n, d), 0, flat, out=v_sel)
+    mask_sel = None
+    if key_mask is not None:  # the kept keys' mask, gathered like the keys
+        rows = key_mask[:, None, :].expand(b, h, n).reshape(bh * n)
+        mask_sel = rows[flat].view(bh * nq, 1, 1, s)
     out_image = F.scaled_dot_product_attention(q_image.reshape(bh * nq, 1, bq, d), k_sel.view(bh * nq, 1, s, d),
-                                               v_sel.view(bh * nq, 1, s, d)).view(b, h, ni, d)
+                                               v_sel.view(bh * nq, 1, s, d), attn_mask=mask_sel).view(b, h, ni, d)
     if not text_len:
         return out_image
-    out_text = F.scaled_dot_product_attention(q[:, :, text_start:text_start + text_len], k, v)
+    out_text = F.scaled_dot_product_attention(q[:, :, text_start:text_start + text_len], k, v, attn_mask=dense_mask)
     parts = [out_text, out_image] if text_first else [out_image, out_text]
     return torch.cat(parts, dim=2)
 
@@ -163,17 +170,30 @@ class _SparseSDPA(TorchFunctionMode):
             return func(*args, **kwargs)
         call = sdpa_arguments(args, kwargs)
         q, k, v = call.pop("query"), call.pop("key"), call.pop("value")
+        mask = call.pop("attn_mask", None)
         extra = {key: value for key, value in call.items() if value is not None and value is not False
                  and not (isinstance(value, float) and value == 0.0)}
         if set(extra) - {"scale"} or extra.get("scale", q.shape[-1] ** -0.5) != q.shape[-1] ** -0.5:
-            raise HastenError("sparse attention: the attention processor passed a mask or dropout; "
-                              "only plain joint attention is supported")
+            raise HastenError("sparse attention: the attention processor passed dropout or a custom scale; "
+                              "only plain (joint) attention is supported")
+        key_mask = _key_mask(mask, q.shape[0], k.shape[-2])
         out = torch.empty_like(q)
         for value in torch.unique(self.keep).tolist():
             rows = (self.keep == value).nonzero().squeeze(1)
             out[rows] = block_sparse_attention(q[rows], k[rows], v[rows], self.state.text_len,
-                                               self.state.family.text_first, value, self.state.workspace)
+                                               self.state.family.text_first, value, self.state.workspace,
+                                               None if key_mask is None else key_mask[rows.to(key_mask.device)])
         return out
+
+
+def _key_mask(mask, batch: int, keys: int) -> torch.Tensor | None:
+    """An SDPA ``attn_mask`` that only masks keys ((B, 1, 1, N) bool, as Qwen-Image pads text) -> (B, N)."""
+    if mask is None:
+        return None
+    if mask.dtype != torch.bool or mask.shape[-1] != keys or mask.numel() != batch * keys:
+        raise HastenError(f"sparse attention: an attention mask of shape {tuple(mask.shape)} ({mask.dtype}); "
+                          f"only a boolean key-padding mask ({batch}, 1, 1, {keys}) is supported")
+    return mask.reshape(batch, keys)
 
 
 class SparseAttentionProcessor:
@@ -181,29 +201,42 @@ class SparseAttentionProcessor:
 
     The wrapped processor does every projection, norm and rotary embedding as before; only its call
     to ``F.scaled_dot_product_attention`` is replaced, per row, by :func:`block_sparse_attention`.
+    Made by :func:`sparse_processor`, whose subclass per processor class shows the inner
+    processor's signature (diffusers' attention modules pass a processor only the keyword
+    arguments its ``__call__`` names).
     """
 
     def __init__(self, inner, state: KnobState):
         self.inner = inner
         self.state = state
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
-                 image_rotary_emb=None, **kwargs):
-        extra = dict(kwargs)
-        if encoder_hidden_states is not None:
-            extra["encoder_hidden_states"] = encoder_hidden_states
-        if attention_mask is not None:
-            extra["attention_mask"] = attention_mask
-        if image_rotary_emb is not None:
-            extra["image_rotary_emb"] = image_rotary_emb
+    def __call__(self, attn, *args, **kwargs):
         keep = self.state.keep_now
         if keep is None or bool((keep >= 1.0).all()):
-            return self.inner(attn, hidden_states, **extra)
+            return self.inner(attn, *args, **kwargs)
         with _SparseSDPA(self.state, keep):
-            return self.inner(attn, hidden_states, **extra)
+            return self.inner(attn, *args, **kwargs)
 
 
-def _attention_modules(block: nn.Module) -> list[nn.Module]:
-    """The block's joint (text + image) attention; an image-only ``attn2`` (SD3.5) stays dense."""
-    attn = getattr(block, "attn", None)
-    return [attn] if attn is not None and hasattr(attn, "processor") else []
+_WRAPPERS: dict[type, type] = {}
+
+
+def sparse_processor(inner, state: KnobState) -> SparseAttentionProcessor:
+    """A :class:`SparseAttentionProcessor` around ``inner`` whose ``__call__`` has ``inner``'s signature."""
+    cls = type(inner)
+    if cls not in _WRAPPERS:
+        @functools.wraps(cls.__call__, assigned=("__doc__", "__wrapped__"), updated=())
+        def __call__(self, attn, *args, **kwargs):
+            return SparseAttentionProcessor.__call__(self, attn, *args, **kwargs)
+
+        __call__.__wrapped__ = cls.__call__
+        _WRAPPERS[cls] = type(f"Sparse{cls.__name__}", (SparseAttentionProcessor,), {"__call__": __call__})
+    return _WRAPPERS[cls](inner, state)
+
+
+def _attention_modules(block: nn.Module, family) -> list[nn.Module]:
+    """The block's attention modules that see the image tokens (``family.attention``: the joint
+    attention ``attn`` of Flux / SD3 / Qwen-Image / FLUX.2, Wan's self-attention ``attn1``); an
+    image-only ``attn2`` (SD3.5) or a text cross-attention (Wan's ``attn2``) stays dense."""
+    found = [getattr(block, name, None) for name in family.attention]
+    return [attn for attn in found if attn is not None and hasattr(attn, "processor")]

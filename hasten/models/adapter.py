@@ -57,17 +57,25 @@ class DiTGenerator:
                  path: str | None = None):
         self.transformer = transformer.eval().requires_grad_(False)
         self.family = family_of(transformer)
+        if self.family.velocity is None:
+            raise HastenError(f"{type(transformer).__name__} ({self.family.name}): hasten's own sampler needs a "
+                              "registered family's velocity call; a generic transformer runs inside its pipeline "
+                              "with hasten.accelerate(pipe, policy)")
         self.distilled_guidance = bool(getattr(transformer.config, "guidance_embeds", False))
         self.class_encoder = class_encoder.eval().requires_grad_(False)
         self.scheduler_config = dict(scheduler_config)
         self.meta = meta
         self.path = path
         self.class_names: list[str] = list(meta["class_names"])
-        self.image_size: int = int(meta["image_size"])
+        self.image_size: int = int(meta["image_size"])  # height (and width unless image_width is set)
+        self.image_width: int = int(meta.get("image_width", self.image_size))
         self.channels: int = int(meta.get("channels", 3))
         self.default_steps: int = int(meta["num_steps"])
         self.default_guidance: float = float(meta["guidance_scale"])
         self.latent_space: bool = bool(meta.get("latent_space", False))
+        self.frames: int = int(meta.get("frames", 0))  # video families: frames of a clip (latent frames)
+        if self.family.video and self.frames < 1:
+            raise HastenError(f"a {self.family.name} (video) generator needs meta['frames'] >= 1")
         self._knobs: KnobState | None = None
         self._cost: StepCost | None = None
 
@@ -99,10 +107,21 @@ class DiTGenerator:
         """The transformer's dtype (the sampler's state stays float32; model inputs are cast to this)."""
         return next(self.transformer.parameters()).dtype
 
+    def image_tokens(self) -> int:
+        """Image (video) tokens of one sample inside the transformer."""
+        return self.family.image_tokens(self.transformer, self.image_size, self.image_width,
+                                        self.frames if self.family.video else 1)
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """One sample's shape: (C, H, W), or (C, F, H, W) for a video family."""
+        size = (self.image_size, self.image_width)
+        return (self.channels, self.frames, *size) if self.family.video else (self.channels, *size)
+
     def noise(self, seeds: Sequence[int]) -> torch.Tensor:
-        """(B, C, H, W) initial noise on the model's device; row i depends only on ``seeds[i]``
+        """(B, *sample_shape) initial noise on the model's device; row i depends only on ``seeds[i]``
         (drawn on the CPU, so the same seed gives the same noise on every device)."""
-        shape = (self.channels, self.image_size, self.image_size)
+        shape = self.sample_shape
         rows = [torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
         return torch.stack(rows).to(self.device)
 
@@ -210,7 +229,7 @@ class DiTGenerator:
             calls.append(rollout.model_calls.numpy())
             flops.append(rollout.flops_fraction())
             applied.append(rollout.decisions.numpy())
-        empty = torch.empty(0, self.channels, self.image_size, self.image_size)
+        empty = torch.empty(0, *self.sample_shape)
         if decisions is None:
             stats = {"model_calls": np.full(n, num_steps, dtype=np.int64), "flops_fraction": np.ones(n),
                      "decisions": np.zeros((n, num_steps, len(KNOBS)), dtype=np.int64)}
@@ -245,7 +264,8 @@ class DiTGenerator:
         if self._cost is None:
             cfg = self.class_encoder.config
             self._cost = StepCost.trace(self.transformer, self.image_size, self.channels, cfg.num_tokens,
-                                        cfg.token_dim, cfg.pooled_dim)
+                                        cfg.token_dim, cfg.pooled_dim, frames=self.frames if self.family.video else 0,
+                                        width=self.image_width)
         return self._cost
 
     def attach_knobs(self) -> KnobState:
@@ -311,10 +331,10 @@ class DiTGenerator:
                 at = (j + m).clamp(max=rollout.num_steps - 1)
                 dt = torch.where(j + m < j_next, sigmas[at + 1] - sigmas[at], 0.0).to(v.device)
                 step_v = v if m == 0 else rollout.outputs.at(rows, rollout.sigmas[at], x)
-                x = x + dt.view(-1, 1, 1, 1) * step_v
+                x = x + _rows_of(dt, x) * step_v
         else:  # one Euler step over the whole jump with the current velocity
             dt = (rollout.sigmas[j_next] - rollout.sigmas[j]).to(v.device)
-            x = x + dt.view(-1, 1, 1, 1) * v
+            x = x + _rows_of(dt, x) * v
         rollout.x[rows] = x
         fractions = self.step_cost().fractions(effective, keep)
         spent[rows] = fractions
@@ -479,6 +499,11 @@ class Rollout(RowState):
 
     def images(self) -> torch.Tensor:
         return self.x.clamp(-1, 1) if self.clamp else self.x
+
+
+def _rows_of(values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """(B,) per-row values shaped to broadcast over samples ``x`` (B, C, [F,] H, W)."""
+    return values.view(-1, *([1] * (x.ndim - 1)))
 
 
 def _expand_decisions(decisions, n: int, num_steps: int) -> np.ndarray:

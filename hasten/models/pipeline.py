@@ -46,13 +46,13 @@ from torch import nn
 
 from hasten.errors import HastenError
 from hasten.models.adapter import DiTGenerator
+from hasten.models.families import get_family
+from hasten.models.pipeline_spec import PIPELINES, PipelineSpec, get_pipeline
 
 logger = logging.getLogger(__name__)
 
 MODEL_INDEX = "model_index.json"
 
-#: diffusers pipeline class -> (hasten family, default guidance of the pipeline's __call__)
-PIPELINES = {"FluxPipeline": "flux", "StableDiffusion3Pipeline": "sd3"}
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 ENCODE_BATCH = 8  # prompts per encode_prompt call
 
@@ -64,7 +64,9 @@ class PipelineOptions:
     prompts: list[str] = field(default_factory=list)  # the conditions (a prompt plays the role of a class)
     prompts_file: str = ""  # or a text file, one prompt per line (blank lines and '#' comments skipped)
     negative_prompt: str = ""  # the unconditional prompt of classifier-free guidance (SD3)
-    resolution: int = 1024  # square image size in pixels (latents: resolution / the VAE's scale factor)
+    resolution: int = 1024  # image height in pixels (latents: resolution / the VAE's scale factor)
+    width: int = 0  # image width in pixels (0 = resolution: square)
+    frames: int = 0  # video pipelines: frames per clip (0 = 81, Wan's default; latent frames (frames - 1) / 4 + 1)
     dtype: str = "auto"  # bfloat16 | float16 | float32 | auto (bfloat16 on CUDA, float32 on CPU)
     device: str = "auto"  # cuda | cuda:N | cpu | auto (cuda when available)
     max_sequence_length: int = 0  # T5 tokens per prompt (0 = the pipeline's default: 512 FLUX, 256 SD3)
@@ -74,6 +76,8 @@ class PipelineOptions:
             raise ValueError("both prompts and prompts_file are set; expected one of them")
         if self.resolution < 1:
             raise ValueError(f"resolution={self.resolution}: expected pixels, e.g. 1024")
+        if self.width < 0 or self.frames < 0:
+            raise ValueError(f"width={self.width}, frames={self.frames}: expected >= 0 (0 = the default)")
         if self.dtype not in (*DTYPES, "auto"):
             raise ValueError(f"dtype={self.dtype!r}: expected one of {[*DTYPES, 'auto']}")
         if self.max_sequence_length < 0:
@@ -171,6 +175,7 @@ class PipelineGenerator(DiTGenerator):
                  vae_config: dict):
         super().__init__(transformer, prompt_table, scheduler_config, meta, path=path)
         self.pipeline_class: str = meta["pipeline"]
+        self.spec: PipelineSpec = get_pipeline(self.pipeline_class)
         self.resolution: int = int(meta["resolution"])
         self.vae_scale_factor: int = int(meta["vae_scale_factor"])
         self.vae_config = dict(vae_config)
@@ -189,56 +194,46 @@ class PipelineGenerator(DiTGenerator):
 
     def image_seq_len(self) -> int:
         """Image tokens of one latent, as the pipeline counts them for its schedule shift."""
-        return self.family.image_tokens(self.transformer, self.image_size, self.image_size)
+        return self.image_tokens()
 
     def make_scheduler(self, num_steps: int):
-        """The scheduler exactly as the pipeline's ``__call__`` sets it up for this resolution."""
+        """The scheduler exactly as the pipeline's ``__call__`` sets it up for this resolution (a
+        flow-matching Euler scheduler: hasten's sampler steps it; WanPipeline's default UniPC
+        multistep scheduler is replaced by the Euler one with the same flow shift)."""
         from diffusers import FlowMatchEulerDiscreteScheduler
-        from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 
-        scheduler = FlowMatchEulerDiscreteScheduler.from_config(self.scheduler_config)
-        cfg = scheduler.config
-        if self.pipeline_class == "FluxPipeline":  # FluxPipeline.__call__, step 5
-            sigmas = None if cfg.get("use_flow_sigmas", False) else np.linspace(1.0, 1 / num_steps, num_steps)
-            mu = calculate_shift(self.image_seq_len(), cfg.get("base_image_seq_len", 256),
-                                 cfg.get("max_image_seq_len", 4096), cfg.get("base_shift", 0.5),
-                                 cfg.get("max_shift", 1.15))
-            if sigmas is None:
-                scheduler.set_timesteps(num_steps, mu=mu)
-            else:
-                scheduler.set_timesteps(sigmas=sigmas, mu=mu)
-        else:  # StableDiffusion3Pipeline.__call__, step 5 (its max_shift default is 1.16)
-            kwargs = {}
-            if cfg.get("use_dynamic_shifting", False):
-                kwargs["mu"] = calculate_shift(self.image_seq_len(), cfg.get("base_image_seq_len", 256),
-                                               cfg.get("max_image_seq_len", 4096), cfg.get("base_shift", 0.5),
-                                               cfg.get("max_shift", 1.16))
-            scheduler.set_timesteps(num_steps, **kwargs)
+        config = dict(self.scheduler_config)
+        if "flow_shift" in config and "shift" not in config:  # a UniPC / DPM-Solver flow config (Wan's)
+            config["shift"] = config["flow_shift"]
+        scheduler = FlowMatchEulerDiscreteScheduler.from_config(config)
+        self.spec.schedule(scheduler, num_steps, self.image_seq_len())
         return scheduler
 
     # ----------------------------------------------------------------------------- pixels
     def vae(self):
         """The pipeline's VAE, loaded on first use (only previews need it)."""
         if self._vae is None:
-            from diffusers import AutoencoderKL
+            import diffusers
 
-            self._vae = AutoencoderKL.from_pretrained(self.path, subfolder="vae", **_dtype_kwarg(self.dtype))
+            vae_class = getattr(diffusers, self.spec.vae_class)
+            self._vae = vae_class.from_pretrained(self.path, subfolder="vae", **_dtype_kwarg(self.dtype))
             self._vae.to(self.device).eval().requires_grad_(False)
         return self._vae
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """(N, C, h, w) latents -> (N, 3, H, W) float32 images in [-1, 1] on the CPU, one at a time
-        (``latents / scaling_factor + shift_factor`` then the VAE decoder, as both pipelines do)."""
+        """(N, C, [f,] h, w) latents -> (N, 3, [F,] H, W) float32 images (clips) in [-1, 1] on the CPU,
+        one at a time (the pipeline's own unscaling, then the VAE decoder)."""
         vae = self.vae()
-        scale, shift = vae.config.scaling_factor, vae.config.shift_factor or 0.0
-        rows = [vae.decode((z[None].to(self.device, self.dtype) / scale) + shift, return_dict=False)[0]
+        rows = [vae.decode(self.spec.unscale(vae, z[None].to(self.device, self.dtype)), return_dict=False)[0]
                 for z in latents]
         return torch.cat(rows).float().cpu().clamp(-1, 1) if rows else torch.empty(0, 3, 0, 0)
 
     def preview(self, images: torch.Tensor, max_size: int = 256) -> torch.Tensor:
         """Decoded RGB in [-1, 1] of latent samples, at most ``max_size`` pixels a side (sample grids)."""
         rgb = self.decode(images)
+        if rgb.ndim == 5:  # clips: the middle frame
+            rgb = rgb[:, :, rgb.shape[2] // 2]
         if rgb.shape[-1] > max_size:
             rgb = torch.nn.functional.interpolate(rgb, size=(max_size, max_size), mode="area")
         return rgb
@@ -262,9 +257,7 @@ def _pipeline_class(path: str) -> str:
 
     index = read_json(os.path.join(path, MODEL_INDEX))
     name = index.get("_class_name")
-    if name not in PIPELINES:
-        raise HastenError(f"{os.path.join(path, MODEL_INDEX)}: pipeline class {name!r} is not supported; "
-                          f"expected one of {sorted(PIPELINES)}")
+    get_pipeline(name, where=os.path.join(path, MODEL_INDEX))
     for part in ("transformer", "scheduler", "vae"):
         if not os.path.isdir(os.path.join(path, part)):
             raise HastenError(f"{path}: the {name} has no {part}/ folder; expected a complete pipeline "
@@ -286,18 +279,13 @@ def _encode_prompts(path: str, pipeline_class: str, prompts: list[str], negative
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise HastenError(f"{path}: cannot load the {pipeline_class}'s text encoders ({first})") from e
     pipe.to(device)
-    length = {} if max_sequence_length == 0 else {"max_sequence_length": max_sequence_length}
+    encode = get_pipeline(pipeline_class).encode
     tokens, pooled = [], []
-    texts = prompts + [negative]
+    texts = prompts + [negative]  # the negative prompt is encoded exactly as a positive one
     for i in range(0, len(texts), ENCODE_BATCH):
-        batch = texts[i:i + ENCODE_BATCH]
-        if pipeline_class == "FluxPipeline":
-            t, p, _ = pipe.encode_prompt(prompt=batch, prompt_2=None, device=device, **length)
-        else:  # the negative prompt is encoded exactly as a positive one (same helpers, same lengths)
-            t, _, p, _ = pipe.encode_prompt(prompt=batch, prompt_2=None, prompt_3=None, device=device,
-                                            do_classifier_free_guidance=False, **length)
+        t, p = encode(pipe, texts[i:i + ENCODE_BATCH], device, max_sequence_length or None)
         tokens.append(t.to(dtype))
-        pooled.append(p.to(dtype))
+        pooled.append((t.new_zeros(t.shape[0], 1) if p is None else p).to(dtype))  # Wan: no pooled vector
     del pipe
     gc.collect()
     if device.type == "cuda":
@@ -323,7 +311,6 @@ def load_pipeline_generator(path: str, **options) -> PipelineGenerator:
     import diffusers
 
     from hasten.config import from_dict
-    from hasten.models.families import FAMILIES
     from hasten.io import read_json
 
     if not os.path.isdir(path):
@@ -332,23 +319,33 @@ def load_pipeline_generator(path: str, **options) -> PipelineGenerator:
         raise HastenError(f"{path}: not a diffusers pipeline folder ({MODEL_INDEX} missing)")
     opts = from_dict(PipelineOptions, options, source="generator_options")
     pipeline_class = _pipeline_class(path)
+    spec = PIPELINES[pipeline_class]
+    family = get_family(spec.family)
     prompts = opts.read_prompts()
     device = opts.torch_device()
     dtype = opts.torch_dtype(device)
-    family = FAMILIES[PIPELINES[pipeline_class]]
     transformer_config = read_json(os.path.join(path, "transformer", "config.json"))
     vae_config = read_json(os.path.join(path, "vae", "config.json"))
-    vae_scale_factor = 2 ** (len(vae_config.get("block_out_channels", [0] * 4)) - 1)
-    patch = 2 if family.name == "flux" else int(transformer_config.get("patch_size", 2))
-    if opts.resolution % (vae_scale_factor * patch):
-        raise HastenError(f"generator_options.resolution={opts.resolution}: the {pipeline_class} needs a multiple "
-                          f"of {vae_scale_factor * patch} (VAE scale {vae_scale_factor} x patch {patch})")
+    vae_scale_factor = spec.spatial_scale(vae_config)
+    side = vae_scale_factor * spec.token_side(transformer_config)
+    width = opts.width or opts.resolution
+    for name, value in (("resolution", opts.resolution), ("width", width)):
+        if value % side:
+            raise HastenError(f"generator_options.{name}={value}: the {pipeline_class} needs a multiple of {side} "
+                              f"(VAE scale {vae_scale_factor} x patch {spec.token_side(transformer_config)})")
     latent_size = opts.resolution // vae_scale_factor
-    if family.name == "sd3":
-        limit = transformer_config.get("pos_embed_max_size")
-        if limit and latent_size // patch > limit:
-            raise HastenError(f"generator_options.resolution={opts.resolution}: above the transformer's position "
-                              f"grid ({limit} patches = {limit * patch * vae_scale_factor} pixels)")
+    if spec.check is not None:
+        spec.check(transformer_config, latent_size)
+    extra = {}
+    if spec.video:
+        temporal = spec.temporal_scale(vae_config)
+        frames = opts.frames or 81
+        if (frames - 1) % temporal:
+            raise HastenError(f"generator_options.frames={frames}: the {pipeline_class} needs 1 + a multiple of "
+                              f"{temporal} frames (e.g. 81)")
+        extra = {"frames": (frames - 1) // temporal + 1, "pixel_frames": frames}
+    if width != opts.resolution:
+        extra["image_width"] = width // vae_scale_factor
     tokens, pooled = _encode_prompts(path, pipeline_class, prompts, opts.negative_prompt, opts.max_sequence_length,
                                      device, dtype)
     transformer_cls = getattr(diffusers, family.transformer_class)
@@ -359,17 +356,14 @@ def load_pipeline_generator(path: str, **options) -> PipelineGenerator:
         raise HastenError(f"{os.path.join(path, 'transformer')}: cannot load the {transformer_cls.__name__} "
                           f"({first})") from e
     transformer.to(device)
-    channels = transformer.config.in_channels // (4 if family.name == "flux" else 1)
-    guidance_embeds = bool(getattr(transformer.config, "guidance_embeds", False))
-    default_guidance = (3.5 if guidance_embeds else 1.0) if family.name == "flux" else 7.0
+    channels = family.channels(transformer)
     meta = {"family": family.name, "class_names": prompts, "image_size": latent_size, "channels": channels,
-            "num_steps": 28, "guidance_scale": default_guidance, "latent_space": True,
+            "num_steps": 28, "guidance_scale": spec.default_guidance(transformer_config), "latent_space": True,
             "pipeline": pipeline_class, "resolution": opts.resolution, "vae_scale_factor": vae_scale_factor,
-            "negative_prompt": opts.negative_prompt}
+            "negative_prompt": opts.negative_prompt, **extra}
     scheduler_config = read_json(os.path.join(path, "scheduler", "scheduler_config.json"))
     generator = PipelineGenerator(transformer, PromptTable(tokens, pooled).to(device), scheduler_config, meta,
                                   path=path, vae_config=vae_config)
-    logger.info("loaded %s %s: %d prompts, %dx%d px -> %d latent channels of %dx%d, %s on %s", pipeline_class,
-                path, len(prompts), opts.resolution, opts.resolution, channels, latent_size, latent_size,
-                str(dtype).replace("torch.", ""), device)
+    logger.info("loaded %s %s: %d prompts, %dx%d px -> latents %s, %s on %s", pipeline_class, path, len(prompts),
+                opts.resolution, width, tuple(generator.sample_shape), str(dtype).replace("torch.", ""), device)
     return generator

@@ -1,8 +1,10 @@
 """``hasten.accelerate``: a trained policy inside a frozen model's own sampling loop.
 
 ``with hasten.accelerate(pipe, policy, budget=0.4) as acc:`` plugs a policy into a diffusers
-``FluxPipeline`` or ``StableDiffusion3Pipeline`` (or another pipeline of a registered DiT family
-with a flow-matching Euler scheduler), or into a hasten generator; inside the context every image
+``FluxPipeline``, ``StableDiffusion3Pipeline``, ``WanPipeline``, ``QwenImagePipeline`` or
+``Flux2Pipeline`` (or any other pipeline whose transformer the generic family drives, see
+:mod:`hasten.models.families`, with a scheduler that takes one model call per step), or into a
+hasten generator; inside the context every image
 gets its own decisions, and ``acc.stats`` reports what each image spent. Leaving the context leaves
 the pipeline exactly as it was: same forwards, no hook left in any diffusers ``HookRegistry``, the
 same attention processor objects, the same weights.
@@ -24,9 +26,10 @@ images that compute, with their cache and sparsity levels, through the transform
   flow-matching schedulers this is exactly hasten's sampler's jump of ``1 + k`` intervals, so a
   policy acts as it did in training.
 - Classifier-free guidance: both branches of an image share its decisions. StableDiffusion3Pipeline
-  batches them as [uncond, cond] rows of one call; FluxPipeline's true CFG (``true_cfg_scale > 1``)
-  calls the transformer twice per step, conditional first; FLUX.1-dev's embedded guidance is an input
-  of a single call. Each branch keeps its own residual cache; the policy observes the conditional one.
+  (and the generic family's pipelines) batch them as [uncond, cond] rows of one call; FluxPipeline's
+  true CFG (``true_cfg_scale > 1``), WanPipeline and QwenImagePipeline call the transformer twice per
+  step, conditional first (``DiTFamily.cfg_layout``); FLUX.1-dev's and FLUX.2's embedded guidance is
+  an input of a single call. Each branch keeps its own residual cache; the policy observes the conditional one.
 - ``budget`` is the target FLOPs fraction of full compute the policy is conditioned on; 1.0 asks for
   full compute, so every knob stays at level 0 (the pipeline's own output, and stats that say so).
 - FLOPs are analytic (:class:`~hasten.knobs.cost.StepCost`), traced once per input shape with
@@ -38,7 +41,7 @@ images that compute, with their cache and sparsity levels, through the transform
 
 Not supported inside the context (clear errors): SD3's skip-layer guidance, ControlNet residuals,
 IP-Adapter images, schedulers that do not track a step index or take more than one model call per
-step.
+step, Wan 2.2's two-transformer (A14B) pipelines.
 
 On a hasten generator (:class:`~hasten.models.adapter.DiTGenerator`), ``generator.sample(...)``
 uses the policy by default inside the context (``decisions=None`` means the policy's; the schedule
@@ -76,11 +79,6 @@ from hasten.policies.heads import Policy
 logger = logging.getLogger(__name__)
 
 HOOK_NAME = "hasten_policy"
-
-#: How the diffusers pipelines of each family lay out classifier-free guidance: ``"batched"``, one
-#: call on [uncond, cond] rows when ``pipe.do_classifier_free_guidance`` (StableDiffusion3Pipeline);
-#: ``"sequential"``, one call per branch at the same step, conditional first (FluxPipeline).
-CFG_LAYOUT = {"flux": "sequential", "sd3": "batched"}
 
 #: Largest gap between the noise level a transformer call carries and the scheduler's noise level at
 #: its step index (bf16 timesteps are off by up to ~0.004).
@@ -125,6 +123,10 @@ class Acceleration:
                     f"hasten.accelerate: expected a diffusers pipeline with a DiT `transformer` and a `scheduler` "
                     f"(FluxPipeline, StableDiffusion3Pipeline) or a hasten generator (hasten.load_generator); "
                     f"got {type(target).__name__}")
+            if getattr(target, "transformer_2", None) is not None:
+                raise HastenError(f"hasten.accelerate: {type(target).__name__} has a second transformer (transformer_2, "
+                                  "Wan 2.2's two-expert A14B models), which hasten does not drive yet; use a "
+                                  "single-transformer pipeline (Wan 2.1, Wan 2.2 TI2V-5B)")
             family = family_of(transformer)
             # check_compatible only reads `.family` of what the policy is plugged into
             policy.check_compatible(SimpleNamespace(family=family))
@@ -277,7 +279,7 @@ class _PipelinePlugin:
 
     def __init__(self, pipe, family: DiTFamily, acceleration: Acceleration, decide):
         self.pipe, self.family, self.acceleration, self.decide = pipe, family, acceleration, decide
-        self.layout = CFG_LAYOUT.get(family.name, "batched")
+        self.layout = family.cfg_layout  # how the family's pipelines lay out classifier-free guidance
         self.run: _Run | None = None
         self.costs: dict[tuple, StepCost] = {}
 
@@ -430,12 +432,15 @@ class _PipelinePlugin:
         return _Step(position, due, skip, cache, sparse, _KEEP[sparse])
 
     def _rows(self, kwargs: dict, rows: torch.Tensor, batch: int) -> dict:
-        """The call's arguments restricted to ``rows`` (only the per-row inputs of the family)."""
+        """The call's arguments restricted to ``rows`` (only the per-row inputs of the family: tensors
+        with one row per sample, and lists with one entry per sample such as Qwen-Image's ``img_shapes``)."""
         sub = dict(kwargs)
         for name in self.family.row_inputs:
             value = kwargs.get(name)
             if isinstance(value, torch.Tensor) and value.ndim and value.shape[0] == batch:
                 sub[name] = value[rows.to(value.device)]
+            elif isinstance(value, list) and len(value) == batch:
+                sub[name] = [value[i] for i in rows.tolist()]
         return sub
 
     def _cost(self, original, kwargs: dict, batch: int) -> StepCost:

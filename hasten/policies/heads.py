@@ -215,6 +215,9 @@ class Policy(nn.Module):
         if self.config.family and self.config.family != family:
             raise HastenError(f"{where}: trained for the {self.config.family!r} generator family "
                               f"({self.config.generator or 'unknown generator'}); this generator is {family!r}")
+        check_knobs = getattr(generator.family, "check_knobs", None)
+        if check_knobs is not None:  # a family without a knob (a generic transformer without sparse attention)
+            check_knobs({k.name: self.config.allowed_levels.get(k.name, range(len(k.levels))) for k in KNOBS}, where)
         current = {k.name: list(k.levels) for k in KNOBS}
         if set(self.config.knobs) != set(current) or any(
                 list(levels) != current[name][:len(levels)] for name, levels in self.config.knobs.items()):

@@ -17,7 +17,8 @@ from hasten.rewards.registry import RewardInputs, register_reward
 
 
 class DiscriminatorNet(nn.Module):
-    """(B, C, H, W) images in [-1, 1] -> (B,) logits of "full compute"."""
+    """(B, C, H, W) images in [-1, 1] -> (B,) logits of "full compute"; clips (B, C, F, H, W) are
+    judged frame by frame and their logits averaged over the frames."""
 
     def __init__(self, channels: int = 3, width: int = 16):
         super().__init__()
@@ -28,6 +29,9 @@ class DiscriminatorNet(nn.Module):
             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * width, 1))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.ndim == 5:
+            b, f = images.shape[0], images.shape[2]
+            return self.net(images.transpose(1, 2).flatten(0, 1)).view(b, f).mean(1)
         return self.net(images).squeeze(1)
 
 

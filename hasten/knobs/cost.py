@@ -103,8 +103,8 @@ class StepCost:
             if keep >= 1.0 or not sparse:
                 total += 4.0 * heads * n * keys * d
                 continue
-            t, ni = self.text_len, n - self.text_len
-            layout = SparseLayout.for_tokens(ni)
+            layout = SparseLayout.for_tokens(n - self.text_len)
+            t, ni = self.text_len + layout.tail, layout.tiled_tokens  # dense: the text and the untiled tail
             kept = layout.kept_blocks(keep) * layout.key_block
             total += 4.0 * heads * d * (t * n + ni * (t + kept))
             total += 2.0 * heads * d * layout.query_blocks * layout.key_blocks  # block scores

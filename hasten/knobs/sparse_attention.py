@@ -33,13 +33,18 @@ class SparseLayout:
 
     Key blocks of ``key_block`` tokens (64 at large token counts, smaller so that there are at
     least 8); query blocks of ``query_block`` = up to 4 key blocks (larger query blocks keep the
-    attention kernel efficient; the selection stays at key-block granularity).
+    attention kernel efficient; the selection stays at key-block granularity). A token count the
+    blocks do not tile (Wan's 13 x 30 x 52 = 20280 video tokens) is padded to ``padded_tokens``;
+    the last ``tail`` tokens (fewer than one query block) then stay dense, as the text does.
 
     Example:
         >>> SparseLayout.for_tokens(4096)
         SparseLayout(image_tokens=4096, key_block=64, query_block=256)
         >>> SparseLayout.for_tokens(256).kept_blocks(0.25)
         2
+        >>> layout = SparseLayout.for_tokens(5070)
+        >>> layout.key_block, layout.query_block, layout.tiled_tokens, layout.tail
+        (64, 256, 4864, 206)
     """
 
     image_tokens: int
@@ -51,24 +56,32 @@ class SparseLayout:
         size = 64
         while size > 8 and image_tokens // size < 8:
             size //= 2
-        while size > 1 and image_tokens % size:
-            size //= 2
+        size = min(size, max(1, image_tokens // 2))
         query = size
         key_blocks = image_tokens // size
         # a query block spans at most 4 key blocks, and at most a quarter of them (so that keep=0.25
         # is still a choice), and there are at least 2 query blocks
         while (query * 2 <= size * QUERY_BLOCKS_PER_KEY_BLOCK and (query * 2) // size <= key_blocks // 4
-               and image_tokens % (query * 2) == 0 and image_tokens // (query * 2) >= 2):
+               and image_tokens // (query * 2) >= 2):
             query *= 2
         return cls(image_tokens, size, query)
 
     @property
+    def tiled_tokens(self) -> int:
+        """The image tokens the query blocks tile (the rest, :attr:`tail`, stays dense)."""
+        return self.image_tokens // self.query_block * self.query_block
+
+    @property
+    def tail(self) -> int:
+        return self.image_tokens - self.tiled_tokens
+
+    @property
     def key_blocks(self) -> int:
-        return self.image_tokens // self.key_block
+        return self.tiled_tokens // self.key_block
 
     @property
     def query_blocks(self) -> int:
-        return self.image_tokens // self.query_block
+        return self.tiled_tokens // self.query_block
 
     def kept_blocks(self, keep: float) -> int:
         """Key blocks each query block attends to at ``keep``."""
@@ -101,9 +114,11 @@ def block_sparse_attention(q, k, v, text_len: int, text_first: bool, keep: float
         workspace: reusable buffers for the gathered keys/values.
         key_mask: (B, N) bool, False for keys no query may see (Qwen-Image's padded text tokens).
 
-    Text queries stay dense (they are few). Key blocks are ranked per query block by the dot
-    product of mean-pooled query and key blocks; the key blocks covering the query block itself are
-    always kept. The kept keys (and the text keys) are gathered into one contiguous buffer per query
+    Text queries stay dense (they are few), and so do the last image tokens when the query blocks
+    do not tile the image (``SparseLayout.tail``, fewer than one query block): every query sees
+    them as it sees the text. Key blocks are ranked per query block by the dot product of
+    mean-pooled query and key blocks; the key blocks covering the query block itself are always
+    kept. The kept keys (and the always-seen ones) are gathered into one contiguous buffer per query
     block, so the attention costs about ``keep`` of the dense image-image part.
     """
     dense_mask = None if key_mask is None else key_mask[:, None, None, :]
@@ -113,21 +128,24 @@ def block_sparse_attention(q, k, v, text_len: int, text_first: bool, keep: float
     ni = n - text_len
     layout = SparseLayout.for_tokens(ni)
     bk, bq, nk, nq = layout.key_block, layout.query_block, layout.key_blocks, layout.query_blocks
+    tiled = layout.tiled_tokens
     m = layout.kept_blocks(keep)
     start = text_len if text_first else 0
-    text_start = 0 if text_first else ni
+    # the always-seen tokens: the text and the untiled image tail
+    tail = torch.arange(start + tiled, start + ni, device=q.device)
+    text = torch.arange(0, text_len, device=q.device) + (0 if text_first else ni)
+    always = torch.cat([text, tail])
     bh = b * h
-    q_image = q[:, :, start:start + ni].reshape(bh, nq, bq, d)
-    k_pooled = k[:, :, start:start + ni].reshape(bh, nk, bk, d).mean(2)
+    q_image = q[:, :, start:start + tiled].reshape(bh, nq, bq, d)
+    k_pooled = k[:, :, start:start + tiled].reshape(bh, nk, bk, d).mean(2)
     score = q_image.mean(2) @ k_pooled.transpose(-1, -2)  # (bh, nq, nk)
     own = torch.arange(nk, device=q.device) // (bq // bk) == torch.arange(nq, device=q.device)[:, None]
     score.masked_fill_(own, math.inf)
     chosen = score.topk(m, dim=-1).indices  # (bh, nq, m)
-    # token indices into the flattened (bh * N) keys: the text tokens, then the kept blocks' tokens
+    # token indices into the flattened (bh * N) keys: the always-seen tokens, then the kept blocks'
     tokens = (chosen[..., None] * bk + torch.arange(bk, device=q.device)).flatten(-2) + start
-    if text_len:
-        text_tokens = torch.arange(text_start, text_start + text_len, device=q.device)
-        tokens = torch.cat([text_tokens.expand(bh, nq, text_len), tokens], dim=-1)
+    if always.numel():
+        tokens = torch.cat([always.expand(bh, nq, always.numel()), tokens], dim=-1)
     s = tokens.shape[-1]
     flat = (tokens + (torch.arange(bh, device=q.device) * n)[:, None, None]).reshape(-1)
     workspace = workspace or Workspace()
@@ -140,12 +158,13 @@ def block_sparse_attention(q, k, v, text_len: int, text_first: bool, keep: float
         rows = key_mask[:, None, :].expand(b, h, n).reshape(bh * n)
         mask_sel = rows[flat].view(bh * nq, 1, 1, s)
     out_image = F.scaled_dot_product_attention(q_image.reshape(bh * nq, 1, bq, d), k_sel.view(bh * nq, 1, s, d),
-                                               v_sel.view(bh * nq, 1, s, d), attn_mask=mask_sel).view(b, h, ni, d)
-    if not text_len:
+                                               v_sel.view(bh * nq, 1, s, d), attn_mask=mask_sel).view(b, h, tiled, d)
+    if not always.numel():
         return out_image
-    out_text = F.scaled_dot_product_attention(q[:, :, text_start:text_start + text_len], k, v, attn_mask=dense_mask)
-    parts = [out_text, out_image] if text_first else [out_image, out_text]
-    return torch.cat(parts, dim=2)
+    out = q.new_empty(b, h, n, d)
+    out[:, :, start:start + tiled] = out_image
+    out[:, :, always] = F.scaled_dot_product_attention(q[:, :, always], k, v, attn_mask=dense_mask)
+    return out
 
 
 _SDPA_ARGS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")

@@ -140,6 +140,34 @@ def test_train_generator_folder_missing(tmp_path, capsys):
     nothing_written(tmp_path / "runs")
 
 
+def test_train_on_a_pipeline_folder_of_an_unsupported_family(tmp_path, capsys):
+    folder = tmp_path / "pixart"
+    for part in ("transformer", "scheduler", "vae"):
+        (folder / part).mkdir(parents=True)
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "PixArtSigmaPipeline"}))
+    line = fails(capsys, ["train", experiment(tmp_path, str(folder)), "--out", tmp_path / "runs"],
+                 "pipeline class 'PixArtSigmaPipeline' is not supported", "WanPipeline", "hasten.accelerate")
+    assert "model_index.json" in line
+    nothing_written(tmp_path / "runs")
+
+
+def test_a_video_pipeline_with_a_frame_count_its_vae_cannot_take(tmp_path, capsys):
+    import sys
+
+    sys.path.insert(0, os.path.dirname(__file__))
+    from tiny_families import make_pipe
+
+    folder = tmp_path / "wan"
+    make_pipe("wan", text=True).save_pretrained(str(folder))
+    capsys.readouterr()  # (save_pretrained's progress bar)
+    config = experiment(tmp_path, str(folder))
+    fails(capsys, ["train", config, "--out", tmp_path / "runs", "--set", "generator_options.resolution=64",
+                   "--set", "generator_options.frames=10", "--set", "generator_options.prompts=[a fox]",
+                   "--set", "generator_options.device=cpu"],
+          "generator_options.frames=10", "WanPipeline", "1 + a multiple of 4")
+    nothing_written(tmp_path / "runs")
+
+
 # ----------------------------------------------------------------------------- model and policy folders
 def test_generator_folder_without_metadata(folders, tmp_path, capsys):
     fails(capsys, ["sample", "--generator", folders["empty"], "--out", tmp_path / "s.png"], "not a generator folder")

@@ -209,3 +209,33 @@ def test_measured_time_drops_with_cache_reuse_and_step_skip(family):
     start = time.perf_counter()
     gen.sample([0, 1], [0, 1], num_steps=8, decisions=[3, 0, 0])  # 2 model calls of 8
     assert time.perf_counter() - start < 0.75 * full
+
+
+@pytest.mark.parametrize("family", ["wan", "qwen-image", "flux2"])
+def test_hasten_compare_runs_each_peer_on_the_family_or_reports_why_not(family):
+    """The same peer list on every family, each through its own library on the same transformer; a
+    library that fails on the family is reported as not run, with its error."""
+    from hasten.bench.compare import compare
+
+    gen = tiny(family, num_steps=8)
+    result = compare(gen, None, n=2, uniform_steps=[4], methods="uniform,firstblockcache,taylorseer,dbcache",
+                     timing_samples=1, timing_repeats=1, timing_batches=[1], progress=False)
+    ran = {row["family"] for row in result["methods"]}
+    assert {"full compute", "uniform steps", "TaylorSeer", "DBCache"} <= ran
+    reported = {name for name in result["not_applicable"] if name.startswith("FirstBlockCache")}
+    assert ("FirstBlockCache" in ran) != bool(reported)  # ran, or reported with the library's error
+    if reported:
+        assert all("failed on this model" in result["not_applicable"][name] for name in reported)
+    uniform = next(row for row in result["methods"] if row["family"] == "uniform steps")
+    assert uniform["flops_fraction"] == pytest.approx(0.5) and uniform["psnr_db"] < 100
+
+
+def test_a_policy_held_at_level_zero_reproduces_each_pipeline_bit_for_bit(pipe):
+    """Asked at every step (budget 0.3) but allowed only level 0: the knob hooks run, nothing changes."""
+    family, p = pipe
+    plain = run(p, family)
+    policy = busy(family, allowed_levels={"step_skip": [0], "cache_reuse": [0], "sparse_attention": [0]})
+    with hasten.accelerate(p, policy, budget=0.3) as acc:
+        out = run(p, family)
+    assert torch.equal(out, plain)
+    np.testing.assert_allclose(acc.stats["flops_fraction"], 1.0)

@@ -78,3 +78,97 @@ def call_kwargs(family: str, n: int = 2, seed: int = 0, cfg: bool = True, **extr
 def run(pipe, family: str, **extra) -> torch.Tensor:
     out = pipe(**call_kwargs(family, **extra))
     return out.frames if family == "wan" else out.images
+
+
+def qwen_tokenizer():
+    """A byte-level BPE Qwen2Tokenizer over the 256 byte symbols (no merges) and Qwen's chat tokens."""
+    from transformers import Qwen2Tokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    vocab = {symbol: i for i, symbol in enumerate(bytes_to_unicode().values())}
+    vocab["<|endoftext|>"] = len(vocab)
+    tokenizer = Qwen2Tokenizer(vocab=vocab, merges=[])
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    return tokenizer
+
+
+def qwen_text_encoder(vocab_size: int):
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    config = Qwen2_5_VLConfig(
+        text_config=dict(vocab_size=vocab_size, hidden_size=COND_DIM, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048,
+                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1]}),
+        vision_config=dict(depth=1, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=COND_DIM,
+                           fullatt_block_indexes=[0]))
+    return Qwen2_5_VLForConditionalGeneration(config).eval()
+
+
+def tiny_qwen_vae():
+    from diffusers import AutoencoderKLQwenImage
+
+    return AutoencoderKLQwenImage(base_dim=8, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                                  temperal_downsample=[False, True, True], latents_mean=[0.1, -0.2, 0.0, 0.3],
+                                  latents_std=[1.5, 0.8, 1.0, 1.2]).eval()
+
+
+def make_qwen_with_text(seed: int = 0, num_layers: int = 3):
+    """A complete tiny QwenImagePipeline: Qwen2.5-VL text encoder, byte tokenizer, transformer and VAE."""
+    tokenizer = qwen_tokenizer()
+    torch.manual_seed(seed)
+    encoder = qwen_text_encoder(len(tokenizer))
+    transformer = random_transformer("qwen-image", channels=4, num_layers=num_layers, heads=2, head_dim=16,
+                                     cond_dim=COND_DIM, seed=seed)
+    pipe = QwenImagePipeline(scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True,
+                                                                      base_shift=0.5, max_shift=0.9),
+                             vae=tiny_qwen_vae(), text_encoder=encoder, tokenizer=tokenizer, transformer=transformer)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% for part in m['content'] %}"
+                 "{{ part['text'] }}{% endfor %}<|im_end|>\n{% endfor %}")
+
+
+def mistral3_text_encoder(vocab_size: int):
+    """A tiny Mistral-3 (Pixtral vision + Mistral text) with the 31 hidden states FLUX.2 reads (layers 10, 20, 30)."""
+    from transformers import Mistral3Config, Mistral3ForConditionalGeneration
+
+    config = Mistral3Config(
+        text_config=dict(model_type="mistral", vocab_size=vocab_size, hidden_size=16, intermediate_size=32,
+                         num_hidden_layers=30, num_attention_heads=2, num_key_value_heads=1, head_dim=8,
+                         max_position_embeddings=1024),
+        vision_config=dict(model_type="pixtral", hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                           num_attention_heads=2, image_size=28, patch_size=14, head_dim=8))
+    return Mistral3ForConditionalGeneration(config).eval()
+
+
+def tiny_flux2_vae():
+    from diffusers import AutoencoderKLFlux2
+
+    return AutoencoderKLFlux2(block_out_channels=(8, 8), latent_channels=4, down_block_types=("DownEncoderBlock2D",) * 2,
+                              up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1, norm_num_groups=4).eval()
+
+
+def make_flux2_with_text(seed: int = 0, num_layers: int = 2):
+    """A complete tiny Flux2Pipeline: a Mistral-3 text encoder (3 x 16 = 48-dim prompt features), a
+    byte tokenizer with a chat template, a guidance-distilled transformer and a 2-level VAE (scale 2,
+    then FLUX.2's 2x2 patches: 16 latent channels)."""
+    from diffusers import Flux2Transformer2DModel
+
+    tokenizer = qwen_tokenizer()
+    tokenizer.chat_template = CHAT_TEMPLATE
+    torch.manual_seed(seed)
+    encoder = mistral3_text_encoder(len(tokenizer))
+    transformer = Flux2Transformer2DModel(patch_size=1, in_channels=16, num_layers=num_layers,
+                                          num_single_layers=num_layers, attention_head_dim=16, num_attention_heads=2,
+                                          joint_attention_dim=48, timestep_guidance_channels=32,
+                                          axes_dims_rope=(4, 4, 4, 4), guidance_embeds=True)
+    with torch.no_grad():
+        for p in transformer.parameters():
+            if p.abs().sum() == 0:
+                p.normal_(0, 0.02)
+    pipe = Flux2Pipeline(scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True),
+                         vae=tiny_flux2_vae(), text_encoder=encoder, tokenizer=tokenizer, transformer=transformer.eval())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

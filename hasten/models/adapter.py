@@ -146,8 +146,8 @@ class DiTGenerator:
         x = x.to(self.dtype)  # a bf16 / fp16 transformer gets its own dtype; the Euler state stays float32
         if self.distilled_guidance:  # FLUX.1-dev style: the scale is an input, one branch
             tokens, pooled = self.class_encoder(labels)
-            return self.family.velocity(self.transformer, x, sigma, tokens, pooled,
-                                        guidance=guidance).to(state_dtype)
+            return self.family.velocity(self.transformer, x, sigma, tokens, pooled, guidance=guidance,
+                                        **self._text_mask(labels)).to(state_dtype)
         if guidance == 1.0:
             all_labels, all_x, all_sigma = labels, x, sigma
         else:
@@ -155,11 +155,17 @@ class DiTGenerator:
             all_labels = torch.cat([labels, null])
             all_x, all_sigma = torch.cat([x, x]), torch.cat([sigma, sigma])
         tokens, pooled = self.class_encoder(all_labels)
-        v = self.family.velocity(self.transformer, all_x, all_sigma, tokens, pooled).to(state_dtype)
+        v = self.family.velocity(self.transformer, all_x, all_sigma, tokens, pooled,
+                                 **self._text_mask(all_labels)).to(state_dtype)
         if guidance == 1.0:
             return v
-        v_cond, v_uncond = v[:b], v[b:]
-        return v_uncond + guidance * (v_cond - v_uncond)
+        return self.family.guide(v[:b], v[b:], guidance)
+
+    def _text_mask(self, labels: torch.Tensor) -> dict:
+        """``{"text_mask": (B, T) bool}`` where the prompts are padded (Qwen-Image's), else nothing."""
+        mask = getattr(self.class_encoder, "text_mask", None)
+        rows = None if mask is None else mask(labels)
+        return {} if rows is None else {"text_mask": rows}
 
     # ----------------------------------------------------------------------------- sampling
     def _check_args(self, conditions, seeds, num_steps, guidance):

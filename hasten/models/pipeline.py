@@ -1,4 +1,5 @@
-"""Generators backed by a real diffusers pipeline folder (FLUX.1-dev, SD3-medium, ...).
+"""Generators backed by a real diffusers pipeline folder (FLUX.1-dev, SD3-medium, Wan 2.1, Qwen-Image,
+FLUX.2 [dev]: the pipeline classes of :mod:`hasten.models.pipeline_spec`).
 
 ``hasten.load_generator("models/FLUX.1-dev", prompts_file="prompts.txt", resolution=1024)`` reads a
 folder written by ``pipe.save_pretrained`` or ``huggingface-cli download`` (it holds
@@ -7,7 +8,8 @@ folder written by ``pipe.save_pretrained`` or ``huggingface-cli download`` (it h
 trainer and ``hasten.accelerate``) over the pipeline's own transformer, scheduler and prompts:
 
 - conditions are the experiment's prompts (the "classes"): each prompt is encoded ONCE, at load, by
-  the pipeline's own ``encode_prompt`` (CLIP + T5), and the text encoders are freed before the
+  the pipeline's own ``encode_prompt`` (CLIP + T5, UMT5, Qwen2.5-VL, Mistral-3; prompts padded to a
+  common length keep their mask), and the text encoders are freed before the
   transformer is loaded; :class:`PromptTable` then maps a prompt index to its embeddings, with index
   ``len(prompts)`` the negative (empty) prompt of classifier-free guidance;
 - the sampler runs in the VAE's latent space: latent channels from the transformer's config
@@ -15,15 +17,20 @@ trainer and ``hasten.accelerate``) over the pipeline's own transformer, schedule
   one noise tensor per seed as for every hasten generator; fidelity and discriminator rewards
   compare latents (DESIGN.md, "Rewards"), and :meth:`PipelineGenerator.preview` decodes them with
   the VAE for sample grids;
-- the schedule is the one the pipeline builds: FluxPipeline's ``sigmas = linspace(1, 1/n, n)`` with
-  the resolution-dependent shift ``mu = calculate_shift(image_seq_len, ...)`` of its scheduler
-  config; StableDiffusion3Pipeline's default sigmas with its static (or dynamic) shift;
-- guidance as the pipelines apply it: FLUX.1-dev's distilled guidance is an input of one call;
-  SD3 runs [cond, uncond] rows of one call and mixes ``uncond + g * (cond - uncond)``.
+- the schedule is the one the pipeline builds (``PipelineSpec.schedule``): FluxPipeline's and
+  QwenImagePipeline's ``sigmas = linspace(1, 1/n, n)`` with the resolution-dependent shift
+  ``mu = calculate_shift(image_seq_len, ...)`` of the scheduler config; Flux2Pipeline's with its
+  empirical mu; StableDiffusion3Pipeline's default sigmas with its static (or dynamic) shift;
+  WanPipeline's at its ``flow_shift`` (stepped by the Euler scheduler);
+- guidance as the pipelines apply it: FLUX.1-dev's and FLUX.2's distilled guidance is an input of
+  one call; SD3, Wan and Qwen-Image run [cond, uncond] rows of one call and mix them as the
+  family says (``uncond + g * (cond - uncond)``, Qwen-Image rescaled to the conditional norm);
+- video pipelines (Wan) sample clips (C, F, H, W): ``generator_options.frames`` pixel frames,
+  ``(frames - 1) / 4 + 1`` latent frames; ``width`` makes images non-square.
 
 With every knob off, a sample equals the pipeline's own ``output_type="latent"`` result for the same
-prompt and initial latents (``tests/test_pipeline_generator.py`` checks this on tiny random
-FluxPipeline and StableDiffusion3Pipeline folders).
+prompt and initial latents (``tests/test_pipeline_generator.py``, ``test_wan_pipeline.py``,
+``test_qwen_pipeline.py`` and ``test_flux2_pipeline.py`` check this on tiny random pipeline folders).
 
 Example:
     >>> gen = load_pipeline_generator("models/FLUX.1-dev", prompts=["a red fox in the snow"],
@@ -134,22 +141,24 @@ class PromptTable(nn.Module):
 
     The conditioning module of a pipeline generator, with :class:`~hasten.models.flux_pixel.ClassEncoder`'s
     interface: ``null_class`` (= the number of prompts) is the negative prompt, and ``config`` has
-    the shape fields the cost tracer reads.
+    the shape fields the cost tracer reads. Prompts padded to a common length (Qwen-Image's) keep
+    their mask of real tokens (:meth:`text_mask`).
 
     Example:
         >>> table = PromptTable(torch.zeros(3, 5, 8), torch.zeros(3, 4))
         >>> tokens, pooled = table(torch.tensor([0, table.null_class]))
-        >>> tuple(tokens.shape), tuple(pooled.shape), table.config.num_tokens
-        ((2, 5, 8), (2, 4), 5)
+        >>> tuple(tokens.shape), tuple(pooled.shape), table.config.num_tokens, table.text_mask(torch.tensor([0]))
+        ((2, 5, 8), (2, 4), 5, None)
     """
 
-    def __init__(self, tokens: torch.Tensor, pooled: torch.Tensor):
+    def __init__(self, tokens: torch.Tensor, pooled: torch.Tensor, mask: torch.Tensor | None = None):
         super().__init__()
         if tokens.shape[0] != pooled.shape[0] or tokens.shape[0] < 2:
             raise HastenError(f"PromptTable: {tokens.shape[0]} token rows and {pooled.shape[0]} pooled rows; "
                               "expected one row per prompt plus the negative prompt")
         self.register_buffer("tokens", tokens.detach().clone())  # (P + 1, T, D)
         self.register_buffer("pooled", pooled.detach().clone())  # (P + 1, Pd)
+        self.register_buffer("mask", None if mask is None or bool(mask.all()) else mask.bool().clone())
         from types import SimpleNamespace
 
         self.config = SimpleNamespace(num_classes=tokens.shape[0] - 1, num_tokens=tokens.shape[1],
@@ -161,6 +170,14 @@ class PromptTable(nn.Module):
 
     def forward(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.tokens[labels], self.pooled[labels]
+
+    def text_mask(self, labels: torch.Tensor) -> torch.Tensor | None:
+        """(B, T) bool, True for the real tokens of each row's prompt; None when no prompt is padded
+        in the batch (the transformer then takes its unmasked path)."""
+        if self.mask is None:
+            return None
+        rows = self.mask[labels]
+        return None if bool(rows.all()) else rows
 
 
 class PipelineGenerator(DiTGenerator):
@@ -267,7 +284,7 @@ def _pipeline_class(path: str) -> str:
 
 @torch.no_grad()
 def _encode_prompts(path: str, pipeline_class: str, prompts: list[str], negative: str, max_sequence_length: int,
-                    device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+                    device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Run the pipeline's own ``encode_prompt`` over ``prompts + [negative]``; only the text encoders are
     loaded (and freed on return)."""
     import diffusers
@@ -280,26 +297,32 @@ def _encode_prompts(path: str, pipeline_class: str, prompts: list[str], negative
         raise HastenError(f"{path}: cannot load the {pipeline_class}'s text encoders ({first})") from e
     pipe.to(device)
     encode = get_pipeline(pipeline_class).encode
-    tokens, pooled = [], []
+    tokens, pooled, masks = [], [], []
     texts = prompts + [negative]  # the negative prompt is encoded exactly as a positive one
     for i in range(0, len(texts), ENCODE_BATCH):
-        t, p = encode(pipe, texts[i:i + ENCODE_BATCH], device, max_sequence_length or None)
+        t, p, m = encode(pipe, texts[i:i + ENCODE_BATCH], device, max_sequence_length or None)
         tokens.append(t.to(dtype))
         pooled.append((t.new_zeros(t.shape[0], 1) if p is None else p).to(dtype))  # Wan: no pooled vector
+        masks.append(torch.ones(t.shape[:2], dtype=torch.bool, device=t.device) if m is None else m.bool())
     del pipe
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return torch.cat(tokens), torch.cat(pooled)
+    length = max(t.shape[1] for t in tokens)  # batches padded to their longest prompt: pad to the longest of all
+    tokens = [torch.nn.functional.pad(t, (0, 0, 0, length - t.shape[1])) for t in tokens]
+    masks = [torch.nn.functional.pad(m, (0, length - m.shape[1]), value=False) for m in masks]
+    mask = torch.cat(masks)
+    return torch.cat(tokens), torch.cat(pooled), (None if bool(mask.all()) else mask)
 
 
 def load_pipeline_generator(path: str, **options) -> PipelineGenerator:
     """Load a diffusers pipeline folder as a hasten generator.
 
     Args:
-        path: a folder with ``model_index.json`` of a ``FluxPipeline`` or ``StableDiffusion3Pipeline``.
+        path: a folder with ``model_index.json`` of a registered pipeline class (``FluxPipeline``,
+            ``StableDiffusion3Pipeline``, ``WanPipeline``, ``QwenImagePipeline``, ``Flux2Pipeline``).
         **options: the fields of :class:`PipelineOptions` (prompts or prompts_file, resolution,
-            dtype, device, negative_prompt, max_sequence_length).
+            width, frames, dtype, device, negative_prompt, max_sequence_length).
 
     Returns:
         A :class:`PipelineGenerator` on ``device``; its conditions are the prompts.
@@ -346,8 +369,8 @@ def load_pipeline_generator(path: str, **options) -> PipelineGenerator:
         extra = {"frames": (frames - 1) // temporal + 1, "pixel_frames": frames}
     if width != opts.resolution:
         extra["image_width"] = width // vae_scale_factor
-    tokens, pooled = _encode_prompts(path, pipeline_class, prompts, opts.negative_prompt, opts.max_sequence_length,
-                                     device, dtype)
+    tokens, pooled, mask = _encode_prompts(path, pipeline_class, prompts, opts.negative_prompt,
+                                           opts.max_sequence_length, device, dtype)
     transformer_cls = getattr(diffusers, family.transformer_class)
     try:
         transformer = transformer_cls.from_pretrained(path, subfolder="transformer", **_dtype_kwarg(dtype))
@@ -362,7 +385,7 @@ def load_pipeline_generator(path: str, **options) -> PipelineGenerator:
             "pipeline": pipeline_class, "resolution": opts.resolution, "vae_scale_factor": vae_scale_factor,
             "negative_prompt": opts.negative_prompt, **extra}
     scheduler_config = read_json(os.path.join(path, "scheduler", "scheduler_config.json"))
-    generator = PipelineGenerator(transformer, PromptTable(tokens, pooled).to(device), scheduler_config, meta,
+    generator = PipelineGenerator(transformer, PromptTable(tokens, pooled, mask).to(device), scheduler_config, meta,
                                   path=path, vae_config=vae_config)
     logger.info("loaded %s %s: %d prompts, %dx%d px -> latents %s, %s on %s", pipeline_class, path, len(prompts),
                 opts.resolution, width, tuple(generator.sample_shape), str(dtype).replace("torch.", ""), device)

@@ -22,7 +22,8 @@ class PipelineSpec:
         pipeline_class: the diffusers class name (``model_index.json``'s ``_class_name``).
         family: the DiT family of its ``transformer``.
         encode: ``(pipe, prompts, device, max_sequence_length or None) -> (tokens (B, T, D), pooled
-            (B, P) or None)``: the pipeline's own ``encode_prompt``, one branch, no CFG doubling.
+            (B, P) or None, text mask (B, T) or None)``: the pipeline's own ``encode_prompt``, one
+            branch, no CFG doubling; the mask marks real tokens where prompts are padded (Qwen-Image).
         schedule: ``(scheduler, num_steps, image_seq_len) -> None``: ``set_timesteps`` exactly as the
             pipeline's ``__call__`` does it (sigmas, resolution-dependent shift).
         default_guidance: ``transformer config -> guidance scale`` of the pipeline's ``__call__``.

@@ -37,6 +37,11 @@ from hasten.errors import HastenError
 ALL_KNOBS = ("step_skip", "cache_reuse", "sparse_attention")
 
 
+def standard_guidance(v_cond: torch.Tensor, v_uncond: torch.Tensor, scale: float) -> torch.Tensor:
+    """Classifier-free guidance as FLUX's true CFG, SD3 and Wan mix it: ``uncond + g * (cond - uncond)``."""
+    return v_uncond + scale * (v_cond - v_uncond)
+
+
 @dataclass(frozen=True)
 class DiTFamily:
     """What hasten needs to know about one diffusers DiT class.
@@ -69,6 +74,8 @@ class DiTFamily:
             guidance_embeds=) ->`` a small random-weight transformer of the family (tests and
             ``knobs bench``); arguments a family has no use for are ignored.
         knobs: the knobs the family supports.
+        guide: ``(v_cond, v_uncond, scale) -> v``: how the family's pipelines mix the two CFG branches
+            (Qwen-Image rescales the mix to the conditional prediction's norm).
     """
 
     name: str
@@ -86,6 +93,7 @@ class DiTFamily:
     channels: Callable[[nn.Module], int] = lambda transformer: transformer.config.in_channels
     random: Callable[..., nn.Module] | None = None
     knobs: tuple[str, ...] = ALL_KNOBS
+    guide: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor] = standard_guidance
 
     def blocks(self, transformer: nn.Module) -> list[nn.Module]:
         """All transformer blocks, flattened in execution order."""

@@ -59,7 +59,7 @@ def encode(pipe, prompts, device, max_sequence_length=None):
     """FluxPipeline.encode_prompt: T5 tokens and the pooled CLIP vector."""
     length = {} if not max_sequence_length else {"max_sequence_length": max_sequence_length}
     tokens, pooled, _ = pipe.encode_prompt(prompt=prompts, prompt_2=None, device=device, **length)
-    return tokens, pooled
+    return tokens, pooled, None
 
 
 register_pipeline(PipelineSpec(

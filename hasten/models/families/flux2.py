@@ -8,6 +8,7 @@ import torch
 
 from hasten.errors import HastenError
 from hasten.models.families import DiTFamily, register_family
+from hasten.models.pipeline_spec import PipelineSpec, register_pipeline
 
 
 def latent_ids(height: int, width: int, device=None, dtype=torch.float32) -> torch.Tensor:
@@ -57,4 +58,46 @@ FLUX2 = register_family(DiTFamily(
     row_inputs=("hidden_states", "encoder_hidden_states", "timestep", "guidance", "img_ids", "txt_ids"),
     cfg_layout="sequential",
     random=random,
+))
+
+
+def encode(pipe, prompts, device, max_sequence_length=None):
+    """Flux2Pipeline.encode_prompt: the Mistral-3 text encoder's hidden states of layers 10, 20 and 30
+    after the chat template with FLUX.2's system message, padded to ``max_sequence_length`` (512)."""
+    tokens, _ = pipe.encode_prompt(prompt=prompts, device=device, max_sequence_length=max_sequence_length or 512)
+    return tokens, None, None
+
+
+def schedule(scheduler, num_steps, image_seq_len):
+    """Flux2Pipeline.__call__, step 6: ``linspace(1, 1/n, n)`` sigmas shifted by its empirical mu."""
+    import numpy as np
+    from diffusers.pipelines.flux2.pipeline_flux2 import compute_empirical_mu
+
+    mu = compute_empirical_mu(image_seq_len=image_seq_len, num_steps=num_steps)
+    if scheduler.config.get("use_flow_sigmas", False):
+        scheduler.set_timesteps(num_steps, mu=mu)
+    else:
+        scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / num_steps, num_steps), mu=mu)
+
+
+def unscale(vae, latents):
+    """Flux2Pipeline's decode step: the VAE's batch-norm statistics undone, then the 2x2 patches
+    unfolded back into the VAE's latent channels."""
+    from diffusers import Flux2Pipeline
+
+    mean = vae.bn.running_mean.view(1, -1, 1, 1).to(latents.device, latents.dtype)
+    std = torch.sqrt(vae.bn.running_var.view(1, -1, 1, 1) + vae.config.batch_norm_eps).to(latents.device, latents.dtype)
+    return Flux2Pipeline._unpatchify_latents(latents * std + mean)
+
+
+register_pipeline(PipelineSpec(
+    pipeline_class="Flux2Pipeline",
+    family="flux2",
+    encode=encode,
+    schedule=schedule,
+    default_guidance=lambda transformer: 4.0,  # its guidance_scale (an input of the guidance-distilled model)
+    spatial_scale=lambda vae: 2 ** (len(vae.get("block_out_channels", [0] * 4)) - 1) * 2,  # VAE 8x, then 2x2 patches
+    token_side=lambda transformer: 1,
+    vae_class="AutoencoderKLFlux2",
+    unscale=unscale,
 ))

@@ -43,7 +43,7 @@ def encode(pipe, prompts, device, max_sequence_length=None):
     length = {} if not max_sequence_length else {"max_sequence_length": max_sequence_length}
     tokens, _, pooled, _ = pipe.encode_prompt(prompt=prompts, prompt_2=None, prompt_3=None, device=device,
                                               do_classifier_free_guidance=False, **length)
-    return tokens, pooled
+    return tokens, pooled, None
 
 
 def schedule(scheduler, num_steps, image_seq_len):

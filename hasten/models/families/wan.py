@@ -53,7 +53,7 @@ def encode(pipe, prompts, device, max_sequence_length=None):
     ``__call__``); Wan has no pooled vector."""
     tokens, _ = pipe.encode_prompt(prompt=prompts, do_classifier_free_guidance=False,
                                    max_sequence_length=max_sequence_length or 512, device=device)
-    return tokens, None
+    return tokens, None, None
 
 
 def unscale(vae, latents):

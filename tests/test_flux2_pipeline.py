@@ -10,16 +10,14 @@ import torch
 
 import hasten
 from hasten.models.pipeline import PipelineGenerator
-from hasten.policies import Policy, PolicyConfig
 from hasten.trainers.grpo import GRPOTrainer, load_experiment
 
-from tiny_families import make_flux2_with_text
+from tiny_families import assert_training_matches_the_pipeline, make_flux2_with_text
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROMPTS = ["a red fox in the snow", "two blue cubes", "a lighthouse at night"]
 STEPS, SIZE, TOKENS = 6, 32, 24  # 32 px / the tiny VAE's 2 / FLUX.2's 2x2 patches = 8x8 tokens of 16 channels
 TINY = dict(resolution=SIZE, dtype="float32", device="cpu", max_sequence_length=TOKENS)
-BUSY = {"step_skip": [0.4, 0.2, 0.1, 0.1, 0.1, 0.1], "cache_reuse": [0.4, 0.3, 0.3], "sparse_attention": [0.4, 0.3, 0.3]}
 
 
 @pytest.fixture(scope="module")
@@ -53,17 +51,7 @@ def test_full_compute_equals_the_flux2_pipelines_own_output(flux2):
 def test_a_policy_acts_the_same_in_training_and_inside_the_flux2_pipeline(flux2):
     pipe, path = flux2
     gen = hasten.load_generator(path, prompts=PROMPTS, **TINY)
-    torch.manual_seed(0)
-    policy = Policy(PolicyConfig(family="flux2", num_steps=STEPS, init_probs=BUSY))
-    seeds = [1, 2, 3]
-    latents, stats = gen.sample(PROMPTS, seeds, num_steps=STEPS, guidance=4.0, decisions=policy.decide(0.4, seed=0))
-    with hasten.accelerate(pipe, policy, budget=0.4, seed=0, seeds=seeds) as acc:
-        expected = _pipeline_latents(pipe, PROMPTS, gen.noise(seeds), 4.0)
-    assert (stats["decisions"] == acc.stats["decisions"]).all()
-    assert (stats["decisions"][..., 1:] > 0).any() and stats["flops_fraction"].max() < 0.9
-    assert stats["flops_fraction"] == pytest.approx(acc.stats["flops_fraction"])
-    assert (latents - expected).abs().max().item() < 1e-4
-
+    assert_training_matches_the_pipeline(gen, pipe, _pipeline_latents, "flux2", PROMPTS, STEPS, 4.0, 1e-4)
 
 def test_the_flux2_experiment_file_loads_and_runs_on_a_tiny_flux2_pipeline(flux2, tmp_path, monkeypatch):
     _, path = flux2

@@ -9,16 +9,14 @@ import torch
 
 import hasten
 from hasten.models.pipeline import PipelineGenerator
-from hasten.policies import Policy, PolicyConfig
 from hasten.trainers.grpo import GRPOTrainer, load_experiment
 
-from tiny_families import make_pipe
+from tiny_families import assert_training_matches_the_pipeline, make_pipe
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROMPTS = ["a red fox in the snow", "two blue cubes", "a lighthouse at night"]
 STEPS, TOKENS, SIZE, FRAMES = 6, 8, 64, 9  # 64 px / the VAE's 8 = 8x8 latents, 9 frames = 3 latent frames
 TINY = dict(resolution=SIZE, frames=FRAMES, dtype="float32", device="cpu", max_sequence_length=TOKENS)
-BUSY = {"step_skip": [0.4, 0.2, 0.1, 0.1, 0.1, 0.1], "cache_reuse": [0.4, 0.3, 0.3], "sparse_attention": [0.4, 0.3, 0.3]}
 
 
 @pytest.fixture(scope="module")
@@ -52,17 +50,7 @@ def test_full_compute_equals_the_wan_pipelines_own_output(wan):
 def test_a_policy_acts_the_same_in_training_and_inside_the_wan_pipeline(wan):
     pipe, path = wan
     gen = hasten.load_generator(path, prompts=PROMPTS, **TINY)
-    torch.manual_seed(0)
-    policy = Policy(PolicyConfig(family="wan", num_steps=STEPS, init_probs=BUSY))
-    seeds = [1, 2, 3]
-    latents, stats = gen.sample(PROMPTS, seeds, num_steps=STEPS, guidance=4.0, decisions=policy.decide(0.4, seed=0))
-    with hasten.accelerate(pipe, policy, budget=0.4, seed=0, seeds=seeds) as acc:
-        expected = _pipeline_latents(pipe, PROMPTS, gen.noise(seeds), 4.0)
-    assert (stats["decisions"] == acc.stats["decisions"]).all()
-    assert (stats["decisions"][..., 1:] > 0).any() and stats["flops_fraction"].max() < 0.9
-    assert stats["flops_fraction"] == pytest.approx(acc.stats["flops_fraction"])
-    assert (latents - expected).abs().max().item() < 1e-5
-
+    assert_training_matches_the_pipeline(gen, pipe, _pipeline_latents, "wan", PROMPTS, STEPS, 4.0, 1e-5)
 
 def test_a_grpo_iteration_runs_on_a_tiny_wan_pipeline(wan, tmp_path):
     _, path = wan

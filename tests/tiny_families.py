@@ -172,3 +172,29 @@ def make_flux2_with_text(seed: int = 0, num_layers: int = 2):
                          vae=tiny_flux2_vae(), text_encoder=encoder, tokenizer=tokenizer, transformer=transformer.eval())
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+BUSY = {"step_skip": [0.4, 0.2, 0.1, 0.1, 0.1, 0.1], "cache_reuse": [0.4, 0.3, 0.3], "sparse_attention": [0.4, 0.3, 0.3]}
+
+
+def assert_training_matches_the_pipeline(gen, pipe, pipeline_latents, family: str, prompts, steps: int,
+                                         guidance: float, tolerance: float):
+    """A busy policy makes the same decisions, FLOPs and latents in hasten's sampler on the pipeline
+    generator (training) as inside the real pipeline through ``hasten.accelerate`` (inference);
+    ``pipeline_latents(pipe, prompts, noise, guidance)`` is the pipeline's own output."""
+    import pytest
+
+    import hasten
+    from hasten.policies import Policy, PolicyConfig
+
+    torch.manual_seed(0)
+    policy = Policy(PolicyConfig(family=family, num_steps=steps, init_probs=BUSY))
+    seeds = list(range(1, len(prompts) + 1))
+    latents, stats = gen.sample(prompts, seeds, num_steps=steps, guidance=guidance,
+                                decisions=policy.decide(0.4, seed=0))
+    with hasten.accelerate(pipe, policy, budget=0.4, seed=0, seeds=seeds) as acc:
+        expected = pipeline_latents(pipe, prompts, gen.noise(seeds), guidance)
+    assert (stats["decisions"] == acc.stats["decisions"]).all()
+    assert (stats["decisions"][..., 1:] > 0).any() and stats["flops_fraction"].max() < 0.9  # the knobs acted
+    assert stats["flops_fraction"] == pytest.approx(acc.stats["flops_fraction"])
+    assert (latents - expected).abs().max().item() < tolerance

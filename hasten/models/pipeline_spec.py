@@ -87,3 +87,14 @@ def shifted_schedule(max_shift: float = 1.15, linear_sigmas: bool = True):
             scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / num_steps, num_steps), mu=mu)
 
     return schedule
+
+
+def channel_unscale(vae, latents):
+    """The Wan / Qwen-Image VAEs' decode step: per-channel ``latents * std + mean`` of the VAE's config,
+    on clips (B, C, F, H, W)."""
+    import torch
+
+    shape = (1, vae.config.z_dim, 1, 1, 1)
+    mean = torch.tensor(vae.config.latents_mean).view(shape).to(latents.device, latents.dtype)
+    std = torch.tensor(vae.config.latents_std).view(shape).to(latents.device, latents.dtype)
+    return latents * std + mean

@@ -8,7 +8,7 @@ from __future__ import annotations
 from hasten.errors import HastenError
 from hasten.models.families import DiTFamily, register_family
 from hasten.models.flux_pixel import pack, unpack
-from hasten.models.pipeline_spec import PipelineSpec, register_pipeline, shifted_schedule
+from hasten.models.pipeline_spec import PipelineSpec, channel_unscale, register_pipeline, shifted_schedule
 
 
 def velocity(transformer, x, sigma, tokens, pooled=None, guidance=None, text_mask=None):
@@ -43,12 +43,7 @@ def encode(pipe, prompts, device, max_sequence_length=None):
 
 def unscale(vae, latents):
     """QwenImagePipeline's decode step: a one-frame clip, per-channel ``latents * std + mean``."""
-    import torch
-
-    shape = (1, vae.config.z_dim, 1, 1, 1)
-    mean = torch.tensor(vae.config.latents_mean).view(shape).to(latents.device, latents.dtype)
-    std = torch.tensor(vae.config.latents_std).view(shape).to(latents.device, latents.dtype)
-    return latents[:, :, None] * std + mean
+    return channel_unscale(vae, latents[:, :, None])
 
 
 def random(channels, num_layers, heads, head_dim, cond_dim, guidance_embeds=False, **_):

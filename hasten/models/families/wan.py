@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from hasten.errors import HastenError
 from hasten.models.families import DiTFamily, register_family
-from hasten.models.pipeline_spec import PipelineSpec, register_pipeline
+from hasten.models.pipeline_spec import PipelineSpec, channel_unscale, register_pipeline
 
 
 def velocity(transformer, x, sigma, tokens, pooled=None, guidance=None):
@@ -56,16 +56,6 @@ def encode(pipe, prompts, device, max_sequence_length=None):
     return tokens, None, None
 
 
-def unscale(vae, latents):
-    """WanPipeline's decode step: per-channel ``latents * std + mean`` of the VAE's config."""
-    import torch
-
-    shape = (1, vae.config.z_dim, 1, 1, 1)
-    mean = torch.tensor(vae.config.latents_mean).view(shape).to(latents.device, latents.dtype)
-    std = torch.tensor(vae.config.latents_std).view(shape).to(latents.device, latents.dtype)
-    return latents * std + mean
-
-
 def schedule(scheduler, num_steps, image_seq_len):
     """WanPipeline.__call__: the scheduler's own timesteps (its flow shift is in its config)."""
     scheduler.set_timesteps(num_steps)
@@ -81,6 +71,6 @@ register_pipeline(PipelineSpec(
     temporal_scale=lambda vae: int(vae.get("scale_factor_temporal") or 4),
     token_side=lambda transformer: int(transformer.get("patch_size", (1, 2, 2))[1]),
     vae_class="AutoencoderKLWan",
-    unscale=unscale,
+    unscale=channel_unscale,  # WanPipeline's decode step
     video=True,
 ))

@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_parser(sub)
     train.add_train_parser(sub)
     bench.add_rollouts_parser(sub)
+    bench.add_gpu_parser(sub)
     train.add_report_parser(sub)
     policy.add_parser(sub)
     compare.add_parser(sub)

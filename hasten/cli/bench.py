@@ -1,5 +1,5 @@
-"""``hasten knobs bench`` (the cost of every knob level) and ``hasten rollouts bench`` (rollout pool
-throughput)."""
+"""``hasten knobs bench`` (the cost of every knob level), ``hasten rollouts bench`` (rollout pool
+throughput) and ``hasten bench gpu`` (the knobs, a policy and the caches at real sizes on a GPU)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,16 @@ def cmd_knobs_bench(args) -> int:
     set_threads(args.threads)
     result = bench_knobs(parse_models(args.models), repeats=args.repeats, samples=args.samples,
                          progress=not args.quiet)
+    report(markdown(result), result, args)
+    return 0
+
+
+def cmd_bench_gpu(args) -> int:
+    from hasten.bench.gpu import MODELS, bench_gpu, markdown
+
+    models = tuple(m.strip() for m in args.models.split(",") if m.strip()) if args.models else tuple(MODELS)
+    result = bench_gpu(device=args.device, dtype=args.dtype, tiny=args.tiny, models=models, repeats=args.repeats,
+                       batches=tuple(args.batches), progress=not args.quiet)
     report(markdown(result), result, args)
     return 0
 
@@ -72,3 +82,27 @@ def add_rollouts_parser(sub) -> None:
     rb.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field of the experiment")
     add_report_options(rb)
     rb.set_defaults(func=cmd_rollouts_bench)
+
+
+def add_gpu_parser(sub) -> None:
+    bench_sub = command_group(sub, "bench", "benchmarks on an accelerator: gpu",
+                              "Benchmarks that need an accelerator (the CPU ones are `hasten knobs bench`, "
+                              "`hasten rollouts bench` and `hasten compare`).")
+    gpu = bench_sub.add_parser(
+        "gpu", help="knob costs, a mixed batch, sparse vs dense attention, policy vs caches, on one GPU",
+        description="Random-weight FLUX.1-dev, Wan 2.1 1.3B and Qwen-Image transformers at their real sizes "
+                    "(4096 / 32760 / 4096 image tokens), built on the device in half precision, one at a time: "
+                    "the measured time of every knob level vs a full call (CUDA-synchronised), a mixed-decision "
+                    "batch vs its rows, block-sparse vs dense SDPA attention, and on FLUX.1 whole samples at "
+                    "batch 1 and 8 with the shipped embedded:shapes-budgets policy vs FirstBlockCache, TaylorSeer "
+                    "and DBCache; peak memory. No download. About 8 minutes on one H100 "
+                    "(benchmarks/gpu.sh). `--device cpu --tiny` is the seconds-long dry run of the test suite.")
+    gpu.add_argument("--device", default="cuda", help="cuda, cuda:N, or cpu for the dry run (default: %(default)s)")
+    gpu.add_argument("--dtype", default="bfloat16", help="bfloat16 | float16 | float32 (default: %(default)s)")
+    gpu.add_argument("--tiny", action="store_true", help="tiny configs of the same families (a dry run)")
+    gpu.add_argument("--models", help="comma-separated subset of flux1-dev, wan2.1-1.3b, qwen-image (default: all)")
+    gpu.add_argument("--repeats", type=positive_int, default=3, help="timed repeats per measurement (default: 3)")
+    gpu.add_argument("--batches", type=int_list, default=(1, 8), help="batch sizes of the whole-sample comparison "
+                                                                       "(default: 1,8)")
+    add_report_options(gpu)
+    gpu.set_defaults(func=cmd_bench_gpu)

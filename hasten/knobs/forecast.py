@@ -99,7 +99,9 @@ class OutputForecast:
             before = self.previous_seen[ids] & (last != self.previous_sigma[ids])
             step = torch.where(before, last - self.previous_sigma[ids], torch.ones_like(last))
             scale = torch.where(before, (sigma - last) / step, torch.zeros_like(last))
-            output = output + self._column(scale, output) * (output - self.previous[ids])
+            # in float32 whatever the model's dtype: a bf16 difference of two close outputs is mostly rounding
+            slope = output.float() - self.previous[ids].float()
+            output = (output.float() + self._column(scale, slope) * slope).to(output.dtype)
         if self.space == "velocity":
             return output
         x = self._sample(x)

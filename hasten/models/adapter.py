@@ -145,7 +145,7 @@ class DiTGenerator:
         b, state_dtype = x.shape[0], x.dtype
         x = x.to(self.dtype)  # a bf16 / fp16 transformer gets its own dtype; the Euler state stays float32
         if self.distilled_guidance:  # FLUX.1-dev style: the scale is an input, one branch
-            tokens, pooled = self.class_encoder(labels)
+            tokens, pooled = self._condition(labels)
             return self.family.velocity(self.transformer, x, sigma, tokens, pooled, guidance=guidance,
                                         **self._text_mask(labels)).to(state_dtype)
         if guidance == 1.0:
@@ -154,12 +154,18 @@ class DiTGenerator:
             null = torch.full_like(labels, self.class_encoder.null_class)
             all_labels = torch.cat([labels, null])
             all_x, all_sigma = torch.cat([x, x]), torch.cat([sigma, sigma])
-        tokens, pooled = self.class_encoder(all_labels)
+        tokens, pooled = self._condition(all_labels)
         v = self.family.velocity(self.transformer, all_x, all_sigma, tokens, pooled,
                                  **self._text_mask(all_labels)).to(state_dtype)
         if guidance == 1.0:
             return v
         return self.family.guide(v[:b], v[b:], guidance)
+
+    def _condition(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The class encoder's (tokens, pooled) in the transformer's dtype (a bf16 / fp16 model gets
+        half-precision conditioning; the class encoder itself stays as loaded)."""
+        tokens, pooled = self.class_encoder(labels)
+        return tokens.to(self.dtype), pooled.to(self.dtype)
 
     def _text_mask(self, labels: torch.Tensor) -> dict:
         """``{"text_mask": (B, T) bool}`` where the prompts are padded (Qwen-Image's), else nothing."""

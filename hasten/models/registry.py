@@ -15,6 +15,8 @@ from __future__ import annotations
 import logging
 import os
 
+import torch
+
 from hasten.errors import HastenError
 
 logger = logging.getLogger(__name__)
@@ -78,7 +80,7 @@ def load_generator(name_or_path: str = "embedded:shapes", **options):
             e.g. FLUX.1-dev downloaded by the user).
         **options: for a pipeline folder, the fields of
             :class:`~hasten.models.pipeline.PipelineOptions` (``prompts`` or ``prompts_file``,
-            ``resolution``, ``dtype``, ``device``, ...); none for the other generators.
+            ``resolution``, ``dtype``, ``device``, ...); ``device`` and ``dtype`` for a generator folder.
 
     Returns:
         A :class:`~hasten.models.adapter.DiTGenerator` (a
@@ -99,9 +101,11 @@ def load_generator(name_or_path: str = "embedded:shapes", **options):
 
     if not name_or_path.startswith("embedded:") and is_pipeline_folder(name_or_path):
         return load_pipeline_generator(name_or_path, **options)
+    placement = {key: options.pop(key) for key in ("device", "dtype") if key in options}
     if options:
         raise HastenError(f"{name_or_path}: generator options {sorted(options)} apply to diffusers pipeline folders "
-                          "(with model_index.json) only; remove generator_options for this generator")
+                          "(with model_index.json) only; a generator folder takes only device and dtype")
+    device, dtype = _placement(placement)
     path = resolve_generator_path(name_or_path)
     meta = read_json(os.path.join(path, META))
     for key in ("family", "class_names", "image_size", "num_steps", "guidance_scale"):
@@ -113,8 +117,10 @@ def load_generator(name_or_path: str = "embedded:shapes", **options):
     transformer_cls = getattr(diffusers, FAMILIES[meta["family"]].transformer_class)
     transformer_dir = os.path.join(path, "transformer")
     _check_safetensors(os.path.join(transformer_dir, "diffusion_pytorch_model.safetensors"))
-    try:
-        transformer = transformer_cls.from_pretrained(transformer_dir)
+    from hasten.models.pipeline import _dtype_kwarg
+
+    try:  # in its dtype through diffusers' own loader (it keeps the modules a family needs in float32)
+        transformer = transformer_cls.from_pretrained(transformer_dir, **_dtype_kwarg(dtype))
     except (OSError, ValueError, RuntimeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise HastenError(f"{transformer_dir}: cannot load the {transformer_cls.__name__} ({first})") from e
@@ -123,8 +129,21 @@ def load_generator(name_or_path: str = "embedded:shapes", **options):
     if encoder.config.num_classes != len(meta["class_names"]):
         raise HastenError(f"{path}: class_encoder has {encoder.config.num_classes} classes but "
                           f"{META} names {len(meta['class_names'])}")
-    logger.info("loaded generator %s", path)
-    return DiTGenerator(transformer, encoder, scheduler_config, meta, path=path)
+    logger.info("loaded generator %s on %s in %s", path, device, str(dtype).replace("torch.", ""))
+    # the frozen model in its dtype, the class encoder's tokens cast to it per call (DiTGenerator.velocity)
+    return DiTGenerator(transformer.to(device), encoder.to(device), scheduler_config, meta, path=path)
+
+
+def _placement(options: dict) -> tuple:
+    """``device`` / ``dtype`` generator options of a generator folder (as a pipeline folder's:
+    auto = CUDA when available, bfloat16 on CUDA and float32 on the CPU)."""
+    from hasten.config import from_dict
+    from hasten.models.pipeline import PipelineOptions
+
+    opts = from_dict(PipelineOptions, {"prompts": ["-"], **options}, source="generator_options")
+    device = opts.torch_device() if "device" in options else torch.device("cpu")
+    dtype = opts.torch_dtype(device) if "dtype" in options else torch.float32
+    return device, dtype
 
 
 def classifier_path(generator_path: str) -> str:

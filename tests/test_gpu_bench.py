@@ -76,3 +76,18 @@ def test_a_generator_folder_loads_on_a_device_in_a_dtype_and_a_float32_policy_dr
         hasten.load_generator("embedded:shapes", dtype="half")
     with pytest.raises(HastenError, match="takes only device and dtype"):
         hasten.load_generator("embedded:shapes", resolution=64)
+
+
+def test_the_real_size_configs_are_the_checkpoints_architectures():
+    """Built on the meta device (no memory): FLUX.1-dev 12B, Wan 2.1 1.3B, Qwen-Image 20B parameters."""
+    from hasten.models.families import get_family
+
+    expected = {"flux1-dev": (11.9, 57), "wan2.1-1.3b": (1.4, 30), "qwen-image": (20.4, 60)}
+    for name, (big, _) in MODELS.items():
+        config = dict(big)
+        family = get_family(config.pop("family"))
+        with torch.device("meta"):
+            transformer = family.random(**{k: v for k, v in config.items() if k not in (
+                "text_tokens", "num_steps", "guidance", "frames", "image_width")})
+        billions = sum(p.numel() for p in transformer.parameters()) / 1e9
+        assert (round(billions, 1), len(family.blocks(transformer))) == expected[name], name

@@ -55,7 +55,7 @@ MODELS = {
                        guidance=3.5),
                   dict(family="flux", channels=4, num_layers=2, num_single_layers=2, heads=2, head_dim=16,
                        cond_dim=16, text_tokens=4, image_size=16, guidance_embeds=True, num_steps=6, guidance=3.5)),
-    "wan2.1-1.3b": (dict(family="wan", channels=16, num_layers=30, heads=12, head_dim=128, cond_dim=4096,
+    "wan2.1-1.3b": (dict(family="wan", channels=16, num_layers=30, heads=12, head_dim=128, ffn_dim=8960, cond_dim=4096,
                          text_tokens=512, image_size=60, image_width=104, frames=21, num_steps=50, guidance=1.0),
                     dict(family="wan", channels=4, num_layers=4, heads=2, head_dim=16, cond_dim=16, text_tokens=4,
                          image_size=8, frames=3, num_steps=6, guidance=1.0)),

@@ -24,12 +24,13 @@ def random_generator(family: str = "flux", image_size: int = 16, channels: int =
                      num_layers: int = 1, num_single_layers: int = 1, heads: int = 2, head_dim: int = 16,
                      cond_dim: int = 16, text_tokens: int = 2, num_steps: int = 6, guidance: float = 3.0,
                      seed: int = 0, guidance_embeds: bool = False, frames: int = 3,
-                     image_width: int | None = None) -> DiTGenerator:
+                     image_width: int | None = None, **extra) -> DiTGenerator:
     """A random-weight class-conditional generator of ``family`` (any registered family name).
 
     ``num_single_layers`` applies to the families with single-stream blocks (Flux, FLUX.2),
     ``guidance_embeds`` (guidance-distilled, as FLUX.1-dev) to those that have it, ``frames`` to
-    video families (Wan); ``image_width`` makes samples ``image_size`` x ``image_width`` (default square).
+    video families (Wan); ``image_width`` makes samples ``image_size`` x ``image_width`` (default square);
+    ``extra``: family-specific sizes (Wan's ``ffn_dim``).
     """
     from diffusers import FlowMatchEulerDiscreteScheduler
 
@@ -37,7 +38,7 @@ def random_generator(family: str = "flux", image_size: int = 16, channels: int =
     transformer = random_transformer(family, channels=channels, num_layers=num_layers,
                                      num_single_layers=num_single_layers, heads=heads, head_dim=head_dim,
                                      cond_dim=cond_dim, image_size=image_size, guidance_embeds=guidance_embeds,
-                                     seed=seed)
+                                     seed=seed, **extra)
     encoder = ClassEncoder(ClassEncoderConfig(num_classes=num_classes, num_tokens=text_tokens,
                                               token_dim=cond_dim, pooled_dim=cond_dim))
     meta = {"family": family, "class_names": [f"class {i}" for i in range(num_classes)], "image_size": image_size,

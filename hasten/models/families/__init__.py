@@ -140,16 +140,17 @@ def supported() -> str:
 
 def random_transformer(name: str, channels: int = 3, num_layers: int = 1, num_single_layers: int = 1,
                        heads: int = 2, head_dim: int = 16, cond_dim: int = 16, image_size: int = 16,
-                       guidance_embeds: bool = False, seed: int = 0) -> nn.Module:
+                       guidance_embeds: bool = False, seed: int = 0, **extra) -> nn.Module:
     """A small random-weight transformer of family ``name``; diffusers' zero-initialised output
-    layers get small random weights so that outputs depend on every block."""
+    layers get small random weights so that outputs depend on every block. ``extra``: family-specific
+    sizes (Wan's ``ffn_dim``)."""
     family = get_family(name)
     if family.random is None:
         raise HastenError(f"the {name} family has no random configuration")
     torch.manual_seed(seed)
     transformer = family.random(channels=channels, num_layers=num_layers, num_single_layers=num_single_layers,
                                 heads=heads, head_dim=head_dim, cond_dim=cond_dim, image_size=image_size,
-                                guidance_embeds=guidance_embeds)
+                                guidance_embeds=guidance_embeds, **extra)
     with torch.no_grad():
         for p in transformer.parameters():
             if p.abs().sum() == 0:

@@ -22,12 +22,12 @@ def tokens(transformer, h, w, frames=1):
     return (frames // p_t) * (h // p_h) * (w // p_w)
 
 
-def random(channels, num_layers, heads, head_dim, cond_dim, **_):
+def random(channels, num_layers, heads, head_dim, cond_dim, ffn_dim=None, **_):
     from diffusers import WanTransformer3DModel
 
     return WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=heads, attention_head_dim=head_dim,
                                  in_channels=channels, out_channels=channels, text_dim=cond_dim, freq_dim=32,
-                                 ffn_dim=2 * heads * head_dim, num_layers=num_layers, cross_attn_norm=True,
+                                 ffn_dim=ffn_dim or 2 * heads * head_dim, num_layers=num_layers, cross_attn_norm=True,
                                  qk_norm="rms_norm_across_heads", rope_max_seq_len=64)
 
 

@@ -11,9 +11,11 @@ from hasten.cli.outputs import add_output
 
 
 def cmd_generator_train(args) -> int:
-    from hasten.embedded.shapes.recipe import GeneratorTrainConfig, train_generator
+    from hasten.config import apply_overrides, load_document
+    from hasten.embedded.recipes import generator_recipe
 
-    config = load_config(GeneratorTrainConfig, args.config, args.set, "generator config")
+    data = apply_overrides(load_document(args.config) if args.config else {}, args.set)
+    config, train_generator = generator_recipe(data, args.config or "generator config")
     out = train_generator(config, args.out, resume=args.resume, progress=not args.quiet)
     print(f"generator saved to {out}")
     return 0
@@ -83,12 +85,15 @@ def add_parser(sub) -> None:
                             "Train, evaluate and inspect the embedded generators.")
 
     train = gen_sub.add_parser(
-        "train", help="train the class-conditional FLUX generator on procedural shapes",
-        description="Train the class-conditional rectified-flow FLUX transformer (the recipe of "
-                    "embedded:shapes). Writes TensorBoard events, a checkpoint every "
-                    "checkpoint_every steps and, at the end, OUT/model: a generator folder that "
+        "train", help="train an embedded generator: FLUX on procedural shapes, or Wan on procedural clips",
+        description="Train a class-conditional rectified-flow generator by one of hasten's recipes, picked by "
+                    "the config's `recipe` field: `shapes` (default; the FLUX transformer of embedded:shapes, "
+                    "experiments/shapes_generator.yaml) or `clips` (the Wan video transformer of "
+                    "embedded:clips, experiments/clips_generator.yaml). Writes TensorBoard events, a checkpoint "
+                    "every checkpoint_every steps and, at the end, OUT/model: a generator folder that "
                     "`hasten.load_generator(OUT/model)` reads.")
-    train.add_argument("--config", help="YAML/JSON file with GeneratorTrainConfig fields")
+    train.add_argument("--config", help="YAML/JSON file with the recipe's fields (GeneratorTrainConfig, or "
+                                        "ClipsGeneratorConfig with recipe: clips)")
     train.add_argument("--set", action="append", metavar="KEY=VALUE",
                        help="override one config field (repeatable), e.g. --set steps=100")
     add_output(train, "--out", "folder", default="runs/shapes-generator", help="run folder (default: %(default)s)")

@@ -15,19 +15,17 @@ generator folder that :func:`hasten.load_generator` reads.
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
-import time
 from dataclasses import asdict, dataclass
 
 import torch
 
-from hasten.checkpoint import load_checkpoint, optimizer_from_flat, optimizer_to_flat, save_checkpoint
-from hasten.errors import HastenError
+from hasten.embedded.flow_training import FlowRecipe, train_flow_generator
+from hasten.embedded.flow_training import lr_at as _lr_at  # noqa: F401  (kept name)
+from hasten.embedded.flow_training import progress_at  # noqa: F401  (kept name)
 from hasten.embedded.shapes import data as shapes_data
 from hasten.models.flux_pixel import ClassEncoder, ClassEncoderConfig, image_ids, pack, rope_axes, text_ids
-from hasten.embedded.schedule import lr_factor, run_progress
 
 logger = logging.getLogger(__name__)
 
@@ -122,31 +120,6 @@ def flow_loss(transformer, encoder, images, labels, sigmas, noise) -> torch.Tens
     return torch.nn.functional.mse_loss(pred, pack(noise - images))
 
 
-def progress_at(config: GeneratorTrainConfig, step: int, elapsed_s: float) -> float:
-    """Share of the run done (see :func:`hasten.embedded.schedule.run_progress`)."""
-    return run_progress(step, config.steps, elapsed_s, config.max_minutes)
-
-
-def _lr_at(config: GeneratorTrainConfig, step: int, elapsed_s: float = 0.0) -> float:
-    return config.lr * lr_factor(step, elapsed_s, config.steps, config.warmup_steps, config.max_minutes,
-                                 floor=config.lr_min_ratio)
-
-
-def _state_tensors(transformer, encoder, ema_t, ema_e, optimizer, gen: torch.Generator):
-    tensors = {f"model.transformer.{k}": v for k, v in transformer.state_dict().items()}
-    tensors.update({f"model.encoder.{k}": v for k, v in encoder.state_dict().items()})
-    tensors.update({f"ema.transformer.{k}": v for k, v in ema_t.state_dict().items()})
-    tensors.update({f"ema.encoder.{k}": v for k, v in ema_e.state_dict().items()})
-    optim_tensors, optim_meta = optimizer_to_flat(optimizer)
-    tensors.update(optim_tensors)
-    tensors["rng.torch_generator"] = gen.get_state()
-    return tensors, optim_meta
-
-
-def _load_prefixed(module, tensors, prefix):
-    module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
-
-
 def train_generator(config: GeneratorTrainConfig, run_dir: str, resume: bool = False,
                     progress: bool = True) -> str:
     """Train (or resume) the generator recipe in ``run_dir``; returns the exported model folder.
@@ -156,107 +129,9 @@ def train_generator(config: GeneratorTrainConfig, run_dir: str, resume: bool = F
         >>> train_generator(cfg, "/tmp/gen-run", progress=False)  # doctest: +SKIP
         '/tmp/gen-run/model'
     """
-    from torch.utils.tensorboard import SummaryWriter
-    from tqdm.auto import tqdm
-
-    from hasten.io import write_json_atomic
-
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    ckpt_dir = os.path.join(run_dir, "checkpoint")
-    transformer, encoder = build_models(config)
-    ema_t, ema_e = copy.deepcopy(transformer), copy.deepcopy(encoder)
-    for p in list(ema_t.parameters()) + list(ema_e.parameters()):
-        p.requires_grad_(False)
-    params = list(transformer.parameters()) + list(encoder.parameters())
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay,
-                                  betas=(0.9, 0.99))
-    gen = torch.Generator().manual_seed(config.seed + 1)
-    start, elapsed = 0, 0.0
-    if resume:
-        tensors, state = load_checkpoint(ckpt_dir)
-        if state.get("config") != asdict(config):
-            raise HastenError(f"{ckpt_dir}: the checkpoint was made with another config; resume "
-                              "with the same --config and --set values")
-        _load_prefixed(transformer, tensors, "model.transformer.")
-        _load_prefixed(encoder, tensors, "model.encoder.")
-        _load_prefixed(ema_t, tensors, "ema.transformer.")
-        _load_prefixed(ema_e, tensors, "ema.encoder.")
-        optimizer_from_flat(optimizer, tensors, state["optimizer"])
-        gen.set_state(tensors["rng.torch_generator"])
-        start, elapsed = state["step"], state["elapsed_s"]
-        logger.info("resumed %s at step %d", ckpt_dir, start)
-    elif os.path.exists(ckpt_dir):
-        raise HastenError(f"{run_dir}: already holds a run; pass --resume to continue it or choose "
-                          "another --out")
-    os.makedirs(run_dir, exist_ok=True)
-    write_json_atomic(os.path.join(run_dir, "config.json"), asdict(config))
-
-    writer = SummaryWriter(os.path.join(run_dir, "tb"), purge_step=start)
-    if start == 0:
-        writer.add_text("config", "```\n" + "\n".join(f"{k}: {v}" for k, v in asdict(config).items())
-                        + "\n```")
-    data = shapes_data.batches(config.seed, config.batch_size, start=start)
-    bar = tqdm(total=config.steps, initial=start, disable=not progress, desc="generator",
-               dynamic_ncols=True)
-    t_last = time.perf_counter()
-    running = None
-
-    def save(step):
-        tensors, optim_meta = _state_tensors(transformer, encoder, ema_t, ema_e, optimizer, gen)
-        save_checkpoint(ckpt_dir, tensors, {"step": step, "elapsed_s": elapsed,
-                                            "config": asdict(config), "optimizer": optim_meta})
-
-    complete = progress_at(config, start, elapsed) >= 1.0
-    done_steps = start
-    for step in range(start, start if complete else config.steps):
-        images_np, labels_np = next(data)
-        images, labels = torch.from_numpy(images_np), torch.from_numpy(labels_np)
-        drop = torch.rand(labels.shape, generator=gen) < config.label_dropout
-        labels = torch.where(drop, torch.full_like(labels, encoder.null_class), labels)
-        sigmas = torch.sigmoid(torch.randn(labels.shape, generator=gen))  # logit-normal (SD3)
-        noise = torch.randn(images.shape, generator=gen)
-        for group in optimizer.param_groups:
-            group["lr"] = _lr_at(config, step, elapsed)
-        loss = flow_loss(transformer, encoder, images, labels, sigmas, noise)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-        optimizer.step()
-        # EMA with warm-up (decay grows with the step count) so short runs still average sensibly.
-        decay = min(config.ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for src, dst in ((transformer, ema_t), (encoder, ema_e)):
-                for p_src, p_dst in zip(src.parameters(), dst.parameters()):
-                    p_dst.lerp_(p_src, 1 - decay)
-        now = time.perf_counter()
-        elapsed += now - t_last
-        t_last = now
-        value = loss.item()
-        running = value if running is None else 0.95 * running + 0.05 * value
-        bar.update(1)
-        bar.set_postfix(loss=f"{running:.4f}")
-        if (step + 1) % config.log_every == 0:
-            writer.add_scalar("losses/flow", value, step + 1)
-            writer.add_scalar("losses/flow_smoothed", running, step + 1)
-            writer.add_scalar("charts/lr", optimizer.param_groups[0]["lr"], step + 1)
-            writer.add_scalar("charts/grad_norm", float(grad_norm), step + 1)
-            writer.add_scalar("timing_s/elapsed", elapsed, step + 1)
-        done_steps = step + 1
-        finished = progress_at(config, done_steps, elapsed) >= 1.0
-        if (step + 1) % config.checkpoint_every == 0 or finished:
-            save(step + 1)
-        if finished:
-            if step + 1 < config.steps:
-                logger.info("stopping at step %d: max_minutes=%s reached", step + 1, config.max_minutes)
-            break
-    bar.close()
-    writer.close()
-    if complete:
-        logger.info("run already complete at step %d", start)
-    out = os.path.join(run_dir, "model")
-    export_generator(ema_t, ema_e, config, out, train_seconds=elapsed, train_steps=done_steps)
-    return out
+    return train_flow_generator(config, run_dir, FlowRecipe(build_models, flow_loss, shapes_data.batches,
+                                                            export_generator, "generator"),
+                                resume=resume, progress=progress)
 
 
 def export_generator(transformer, encoder, config: GeneratorTrainConfig, out: str,

@@ -1,0 +1,29 @@
+"""The generator recipes ``hasten generator train`` runs, by the ``recipe`` field of its config
+(default ``shapes``): name -> (config dataclass, train function). A recipe is added here, once.
+"""
+
+from __future__ import annotations
+
+from hasten.errors import HastenError
+
+
+def generator_recipes() -> dict:
+    from hasten.embedded.clips.recipe import ClipsGeneratorConfig, train_generator as train_clips
+    from hasten.embedded.shapes.recipe import GeneratorTrainConfig, train_generator as train_shapes
+
+    return {"shapes": (GeneratorTrainConfig, train_shapes), "clips": (ClipsGeneratorConfig, train_clips)}
+
+
+def generator_recipe(data: dict, source: str):
+    """(config, train function) of a generator config document (its ``recipe`` field picks the recipe)."""
+    from hasten.config import from_dict
+
+    recipes = generator_recipes()
+    name = data.get("recipe", "shapes")
+    if name not in recipes:
+        raise HastenError(f"{source}: recipe={name!r}: expected one of {sorted(recipes)}")
+    config_class, train = recipes[name]
+    fields = dict(data)
+    if name == "shapes":  # the shapes config has no recipe field (its shipped configs predate it)
+        fields.pop("recipe", None)
+    return from_dict(config_class, fields, source=source), train

@@ -1,0 +1,59 @@
+"""embedded:clips' data set and generator recipe (a tiny config, a few steps, built here)."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import hasten
+from hasten.cli import main
+from hasten.embedded.clips import data
+from hasten.embedded.clips.recipe import ClipsGeneratorConfig, train_generator
+
+from test_bad_inputs import fails
+
+TINY = dict(num_layers=2, num_attention_heads=2, attention_head_dim=16, ffn_dim=32, batch_size=2, max_minutes=0,
+            checkpoint_every=1, log_every=1)
+
+
+def test_clips_are_deterministic_and_their_motion_shows():
+    clips, labels = data.make_batch(seed=3, batch_size=64, labels=np.arange(64))
+    again, _ = data.make_batch(seed=3, batch_size=64, labels=np.arange(64))
+    assert clips.shape == (64, 3, data.FRAMES, 32, 32) and np.array_equal(clips, again)
+    assert clips.min() >= -1 and clips.max() <= 1 and data.NUM_CLASSES == 64
+    motion, shape, colour = data.split_label(labels)
+    assert data.CLASS_NAMES[int(labels[37])] == f"{data.MOTIONS[motion[37]]} {list(data.COLOURS)[colour[37]]} " \
+                                               f"{data.SHAPES[shape[37]]}"
+    change = np.abs(clips[:, :, -1] - clips[:, :, 0]).mean(axis=(1, 2, 3))
+    for m in (0, 2, 3):  # sliding, growing, recolouring: the last frame differs from the first
+        assert (change[motion == m] > 0.02).all(), data.MOTIONS[m]
+
+
+def test_the_clips_recipe_trains_exports_and_resumes(tmp_path):
+    run = str(tmp_path / "run")
+    out = train_generator(ClipsGeneratorConfig(steps=2, **TINY), run, progress=False)
+    gen = hasten.load_generator(out)
+    assert gen.family.name == "wan" and gen.sample_shape == (3, 8, 32, 32) and gen.num_classes == 64
+    assert gen.image_tokens() == 8 * 8 * 8 and gen.meta["train_steps"] == 2
+    clips, stats = gen.sample(["sliding red circle", "growing blue plus"], [0, 1], num_steps=4,
+                              decisions=np.array([[1, 2, 2], [0, 1, 1]]))
+    assert clips.shape == (2, 3, 8, 32, 32) and bool((stats["flops_fraction"] < 1).all())
+    again = train_generator(ClipsGeneratorConfig(steps=2, **TINY), run, resume=True, progress=False)
+    assert again == out  # the run is complete: resuming trains no further and exports the same model
+    with pytest.raises(hasten.HastenError, match="another config"):
+        train_generator(ClipsGeneratorConfig(steps=3, **TINY), run, resume=True, progress=False)
+
+
+def test_hasten_generator_train_picks_the_recipe_from_the_config(tmp_path, capsys):
+    sets = [f"--set={k}={v}" for k, v in {**TINY, "steps": 1}.items()]
+    assert main(["generator", "train", "--config", "experiments/clips_generator.yaml", *sets,
+                 "--out", str(tmp_path / "clips"), "--quiet"]) == 0
+    meta = json.loads((tmp_path / "clips" / "model" / "hasten_generator.json").read_text())
+    assert meta["family"] == "wan" and meta["frames"] == 8 and meta["train_config"]["recipe"] == "clips"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("recipe: movies\n")
+    fails(capsys, ["generator", "train", "--config", bad, "--out", tmp_path / "x"], "bad.yaml", "recipe='movies'",
+          "clips", "shapes")
+    assert not os.path.exists(tmp_path / "x")

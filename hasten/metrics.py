@@ -7,9 +7,26 @@ import torch.nn.functional as F
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float = 2.0) -> torch.Tensor:
-    """Per-row PSNR in dB between image batches in [-1, 1]; identical rows give +inf."""
+    """Per-row PSNR in dB between image batches in [-1, 1]; identical rows give +inf. Clips
+    (B, C, F, H, W) get the mean of their per-frame PSNRs (each frame capped at 100 dB)."""
+    if a.ndim == 5:
+        frames = (a.float() - b.float()).pow(2).mean(dim=(1, 3, 4))  # (B, F)
+        return (10 * torch.log10(data_range**2 / frames)).clamp(max=100).mean(1)
     mse = (a.float() - b.float()).pow(2).flatten(1).mean(1)
     return 10 * torch.log10(data_range**2 / mse)
+
+
+def temporal_error(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-row temporal-consistency error of clips (B, C, F, H, W) to reference clips: the mean
+    absolute difference of their frame-to-frame changes (0 when ``a`` moves exactly as ``b``).
+
+    Example:
+        >>> clip = torch.rand(2, 3, 4, 8, 8)
+        >>> temporal_error(clip, clip).tolist(), round(float(temporal_error(clip + 0.5, clip)[0]), 6)
+        ([0.0, 0.0], 0.0)
+    """
+    da, db = a.float().diff(dim=2), b.float().diff(dim=2)
+    return (da - db).abs().flatten(1).mean(1)
 
 
 def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 2.0, window: int = 7, sigma: float = 1.5) -> torch.Tensor:

@@ -57,3 +57,31 @@ def test_hasten_generator_train_picks_the_recipe_from_the_config(tmp_path, capsy
     fails(capsys, ["generator", "train", "--config", bad, "--out", tmp_path / "x"], "bad.yaml", "recipe='movies'",
           "clips", "shapes")
     assert not os.path.exists(tmp_path / "x")
+
+
+def test_hasten_sample_writes_clips_as_an_animated_gif_grid(tmp_path, capsys):
+    from PIL import Image
+
+    out = train_generator(ClipsGeneratorConfig(steps=1, **TINY), str(tmp_path / "run"), progress=False)
+    gif = tmp_path / "clips.gif"
+    assert main(["sample", "--generator", out, "--classes", "0,17", "--n", "2", "--steps", "3", "--quiet",
+                 "--out", str(gif)]) == 0
+    with Image.open(gif) as image:
+        assert image.format == "GIF" and image.n_frames == data.FRAMES
+    strip = tmp_path / "clips.png"
+    assert main(["sample", "--generator", out, "--classes", "0", "--n", "1", "--steps", "3", "--quiet",
+                 "--out", str(strip)]) == 0
+    with Image.open(strip) as image:  # one row: the clip's 8 frames side by side
+        assert image.width > 7 * image.height
+    capsys.readouterr()
+
+
+def test_video_metrics_per_frame_and_over_time():
+    from hasten.metrics import psnr, ssim, temporal_error
+
+    clips, _ = data.make_batch(seed=5, batch_size=2)
+    clips = torch.from_numpy(clips)
+    frozen = clips[:, :, :1].expand_as(clips)  # the first frame held: right picture, no motion
+    assert psnr(clips, clips).tolist() == [100.0, 100.0] and ssim(clips, clips).min() > 0.999
+    assert float(temporal_error(clips, clips).max()) == 0.0
+    assert bool((temporal_error(frozen, clips) > 0).all()) and bool((psnr(frozen, clips) < 100).all())

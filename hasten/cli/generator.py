@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
-from hasten.cli.common import (DEFAULT_GENERATOR, add_report_options, command_group, int_list, load_config,
+from hasten.cli.common import (DEFAULT_GENERATOR, add_report_options, command_group, int_list,
                                positive_int, report, set_threads, write_json)
 from hasten.cli.outputs import add_output
 
@@ -22,24 +22,26 @@ def cmd_generator_train(args) -> int:
 
 
 def cmd_generator_train_classifier(args) -> int:
-    from hasten.embedded.shapes.classifier import ClassifierTrainConfig, train_classifier
+    from hasten.config import apply_overrides, load_document
+    from hasten.embedded.recipes import classifier_recipes, generator_recipe
 
-    config = load_config(ClassifierTrainConfig, args.config, args.set, "classifier config")
+    data = apply_overrides(load_document(args.config) if args.config else {}, args.set)
+    config, train_classifier = generator_recipe(data, args.config or "classifier config", classifier_recipes())
     result = train_classifier(config, args.out, progress=not args.quiet)
     print(f"classifier saved to {result['path']}: accuracy {result['accuracy']:.4f} on fresh real "
-          f"images, {result['train_seconds']:.0f} s")
+          f"samples, {result['train_seconds']:.0f} s")
     return 0
 
 
 def cmd_generator_eval(args) -> int:
     from hasten.models import load_generator
-    from hasten.embedded.shapes.classifier import ShapesClassifier
+    from hasten.embedded.shapes.classifier import load_classifier
     from hasten.embedded.shapes.evaluate import evaluate_generator, markdown_table
     from hasten.models.registry import classifier_path
 
     set_threads(args.threads)
     generator = load_generator(args.generator)
-    classifier = ShapesClassifier.from_pretrained(args.classifier or classifier_path(generator.path))
+    classifier = load_classifier(args.classifier or classifier_path(generator.path))
     result = evaluate_generator(generator, classifier, n=args.n, num_steps=args.steps,
                                 guidance=args.guidance, reduced_steps=args.reduced_steps,
                                 seed=args.seed, batch_size=args.batch_size, progress=not args.quiet)
@@ -102,9 +104,11 @@ def add_parser(sub) -> None:
     train.set_defaults(func=cmd_generator_train)
 
     cls = gen_sub.add_parser(
-        "train-classifier", help="train the evaluation classifier of the shapes classes",
-        description="Train the evaluation classifier (used only to evaluate, never as a reward).")
-    cls.add_argument("--config", help="YAML/JSON file with ClassifierTrainConfig fields")
+        "train-classifier", help="train the evaluation classifier of the shapes (or clips) classes",
+        description="Train an evaluation classifier on real procedural data (used only to evaluate, never as a "
+                    "reward): of the shapes classes (default), or with `recipe: clips` of the clips classes "
+                    "(experiments/clips_classifier.yaml).")
+    cls.add_argument("--config", help="YAML/JSON file with ClassifierTrainConfig fields (recipe: clips for clips)")
     cls.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one config field")
     add_output(cls, "--out", "folder", default="runs/shapes-classifier", help="output folder (default: %(default)s)")
     cls.add_argument("--quiet", action="store_true", help="no progress bar")

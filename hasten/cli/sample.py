@@ -1,4 +1,5 @@
-"""``hasten sample``: a PNG grid of samples, with --policy full compute and the policy side by side."""
+"""``hasten sample``: a PNG grid of samples (an animated GIF grid of clips for a video generator and an
+``--out`` ending in ``.gif``), with --policy full compute and the policy side by side."""
 
 from __future__ import annotations
 
@@ -80,7 +81,9 @@ def add_parser(sub) -> None:
     sample.add_argument("--batch-size", type=positive_int, default=64, help="rows per model call")
     sample.add_argument("--scale", type=positive_int, default=3, help="pixel upscaling of the grid")
     sample.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
-    add_output(sample, "--out", default="samples.png", help="output PNG (default: %(default)s)")
+    add_output(sample, "--out", default="samples.png",
+               help="output PNG (default: %(default)s); for a video generator (embedded:clips) a path ending in "
+                    ".gif writes an animated GIF grid, a .png a film strip of each clip's frames")
     sample.add_argument("--policy", help="a policy folder (runs/NAME/policy) or shipped name (embedded:shapes-budgets): "
                                          "full compute and the policy's samples of the same noise, one row above "
                                          "the other")

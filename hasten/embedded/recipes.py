@@ -1,5 +1,6 @@
-"""The generator recipes ``hasten generator train`` runs, by the ``recipe`` field of its config
-(default ``shapes``): name -> (config dataclass, train function). A recipe is added here, once.
+"""The recipes ``hasten generator train`` and ``hasten generator train-classifier`` run, by the
+``recipe`` field of their config (default ``shapes``): name -> (config dataclass, train function).
+A recipe is added here, once.
 """
 
 from __future__ import annotations
@@ -14,11 +15,19 @@ def generator_recipes() -> dict:
     return {"shapes": (GeneratorTrainConfig, train_shapes), "clips": (ClipsGeneratorConfig, train_clips)}
 
 
-def generator_recipe(data: dict, source: str):
-    """(config, train function) of a generator config document (its ``recipe`` field picks the recipe)."""
+def classifier_recipes() -> dict:
+    from hasten.embedded.clips.classifier import ClipsClassifierConfig, train_clips_classifier
+    from hasten.embedded.shapes.classifier import ClassifierTrainConfig, train_classifier
+
+    return {"shapes": (ClassifierTrainConfig, train_classifier), "clips": (ClipsClassifierConfig, train_clips_classifier)}
+
+
+def generator_recipe(data: dict, source: str, recipes: dict | None = None):
+    """(config, train function) of a config document (its ``recipe`` field picks the recipe among
+    ``recipes``, the generator recipes by default)."""
     from hasten.config import from_dict
 
-    recipes = generator_recipes()
+    recipes = generator_recipes() if recipes is None else recipes
     name = data.get("recipe", "shapes")
     if name not in recipes:
         raise HastenError(f"{source}: recipe={name!r}: expected one of {sorted(recipes)}")

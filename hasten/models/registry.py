@@ -159,11 +159,11 @@ def evaluation_classifier(generator, path: str | None = None):
     """The evaluation classifier of policy eval and compare: ``path``, else the one shipped beside
     the generator; None for a diffusers pipeline folder (latent samples; none ships with one) and
     for an in-memory generator without a folder (a random-weight one)."""
-    from hasten.embedded.shapes.classifier import ShapesClassifier
+    from hasten.embedded.shapes.classifier import load_classifier
 
     if path:
-        return ShapesClassifier.from_pretrained(path)
+        return load_classifier(path)
     if generator.path is None or (generator.latent_space
                                   and not os.path.isdir(os.path.join(generator.path, "classifier"))):
         return None
-    return ShapesClassifier.from_pretrained(classifier_path(generator.path))
+    return load_classifier(classifier_path(generator.path))

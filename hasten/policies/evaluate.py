@@ -19,18 +19,18 @@ from datetime import datetime, timezone
 import numpy as np
 import torch
 
-from hasten.embedded.shapes import data as shapes_data
 from hasten.embedded.shapes.classifier import classify, frechet_distance
 from hasten.io import fmt_optional, machine_description
 from hasten.knobs.cost import time_spent
-from hasten.metrics import psnr, ssim
+from hasten.metrics import psnr, ssim, temporal_error
 
 HELD_OUT_SEED = 1_000_000
 
 
 def real_features(classifier, seed: int, n: int):
-    """(n, D) float64 features of ``n`` fresh real images (seeded), the Frechet distance's reference."""
-    real_images, _ = shapes_data.make_batch(seed + 10_000_019, n)
+    """(n, D) float64 features of ``n`` fresh real images (clips, for a clips classifier; seeded), the
+    Frechet distance's reference."""
+    real_images, _ = classifier.dataset.make_batch(seed + 10_000_019, n)
     _, feats = classify(classifier, torch.from_numpy(real_images))
     return feats.double().numpy()
 
@@ -38,9 +38,11 @@ def real_features(classifier, seed: int, n: int):
 def quality_metrics(images, full, labels, classifier, real_feats) -> dict:
     """PSNR / SSIM of ``images`` to the full-compute ``full`` of the same pairs, and class accuracy and
     Frechet distance (to ``real_feats``) by the evaluation classifier (None without one)."""
-    values = psnr(images, full).clamp(max=100)
+    values = psnr(images, full).clamp(max=100)  # clips: the mean of their per-frame PSNRs
     metrics = {"psnr_db": float(values.mean()), "psnr_db_median": float(values.median()),
                "ssim": float(ssim(images, full).mean()), "class_accuracy": None, "frechet_distance": None}
+    if images.ndim == 5:  # video: how far the motion is from the full-compute clip's
+        metrics["temporal_error"] = float(temporal_error(images, full).mean())
     if classifier is not None:
         preds, feats = classify(classifier, images)
         metrics["class_accuracy"] = float((preds == torch.as_tensor(labels)).float().mean())

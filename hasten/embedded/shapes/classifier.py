@@ -43,7 +43,12 @@ class ClassifierTrainConfig:
 
 
 class ShapesClassifier(nn.Module):
-    """A small CNN: (B, 3, 32, 32) in [-1, 1] -> logits (B, classes); ``features`` -> (B, F)."""
+    """A small CNN: (B, 3, 32, 32) in [-1, 1] -> logits (B, classes); ``features`` -> (B, F).
+
+    ``dataset``: the procedural data set it recognises (what real-sample references are drawn from).
+    """
+
+    dataset = shapes_data
 
     def __init__(self, num_classes: int = shapes_data.NUM_CLASSES, width: int = 32,
                  feature_dim: int = 128):
@@ -104,24 +109,35 @@ def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
     return float(diff @ diff + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(covmean))
 
 
-def real_accuracy(model: ShapesClassifier, n: int, seed: int = 777_000) -> float:
-    """Accuracy on ``n`` fresh real images (a seed never used in training)."""
-    images, labels = shapes_data.make_batch(seed, n)
+def load_classifier(path: str) -> ShapesClassifier:
+    """An evaluation classifier folder: the shapes classifier, or the clips one (config ``data: clips``)."""
+    if read_json(os.path.join(path, "config.json")).get("data") == "clips":
+        from hasten.embedded.clips.classifier import ClipsClassifier
+
+        return ClipsClassifier.from_pretrained(path)
+    return ShapesClassifier.from_pretrained(path)
+
+
+def real_accuracy(model: ShapesClassifier, n: int, seed: int = 777_000, dataset=shapes_data) -> float:
+    """Accuracy on ``n`` fresh real images (clips, for ``dataset=clips data``; a seed never used in training)."""
+    images, labels = dataset.make_batch(seed, n)
     preds, _ = classify(model, torch.from_numpy(images))
     return float((preds.numpy() == labels).mean())
 
 
-def train_classifier(config: ClassifierTrainConfig, out: str, progress: bool = True) -> dict:
-    """Train the evaluation classifier on fresh procedural batches and save it to ``out``."""
+def train_classifier(config: ClassifierTrainConfig, out: str, progress: bool = True, model_class=None,
+                     dataset=shapes_data) -> dict:
+    """Train the evaluation classifier on fresh procedural batches and save it to ``out``
+    (``model_class`` / ``dataset``: the clips classifier and data set reuse this loop)."""
     from tqdm.auto import tqdm
 
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
-    model = ShapesClassifier(width=config.width, feature_dim=config.feature_dim)
+    model = (model_class or ShapesClassifier)(width=config.width, feature_dim=config.feature_dim)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=config.steps)
-    data = shapes_data.batches(config.seed, config.batch_size)
+    data = dataset.batches(config.seed, config.batch_size)
     start = time.perf_counter()
     bar = tqdm(range(config.steps), disable=not progress, desc="classifier", dynamic_ncols=True)
     model.train()
@@ -136,7 +152,7 @@ def train_classifier(config: ClassifierTrainConfig, out: str, progress: bool = T
         bar.set_postfix(loss=f"{loss.item():.3f}")
     model.eval()
     seconds = time.perf_counter() - start
-    accuracy = real_accuracy(model, 4096)
+    accuracy = real_accuracy(model, 4096, dataset=dataset)
     model.save_pretrained(out, extra={"train_config": asdict(config), "train_seconds": round(seconds, 1),
                                       "real_accuracy_4096": accuracy,
                                       "recipe": "hasten generator train-classifier"})

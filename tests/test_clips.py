@@ -85,3 +85,45 @@ def test_video_metrics_per_frame_and_over_time():
     assert psnr(clips, clips).tolist() == [100.0, 100.0] and ssim(clips, clips).min() > 0.999
     assert float(temporal_error(clips, clips).max()) == 0.0
     assert bool((temporal_error(frozen, clips) > 0).all()) and bool((psnr(frozen, clips) < 100).all())
+
+
+def test_the_video_main_job_runs_on_a_tiny_clips_generator(tmp_path, monkeypatch):
+    """experiments/video_quickstart.yaml as written, its generator swapped for a tiny clips one."""
+    from hasten.trainers.grpo import GRPOTrainer, load_experiment
+
+    out = train_generator(ClipsGeneratorConfig(steps=1, **TINY), str(tmp_path / "gen"), progress=False)
+    monkeypatch.chdir(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    config = load_experiment("experiments/video_quickstart.yaml")
+    assert config.generator == "embedded:clips" and config.grpo.max_minutes == 20
+    config = load_experiment("experiments/video_quickstart.yaml", [
+        f"generator={out}", "num_steps=6", "train_pairs=4", "grpo.iterations=2", "grpo.groups_per_iteration=2",
+        "grpo.group_size=2", "grpo.epochs=2", "logging.progress=false", "logging.sample_every=1",
+        "rollouts.threads=1"])
+    trainer = GRPOTrainer(config, str(tmp_path / "run"))
+    before = {k: v.clone() for k, v in trainer.policy.state_dict().items()}
+    trainer.train()
+    unchanged = [k for k, v in trainer.policy.state_dict().items() if torch.equal(before[k], v)]
+    assert unchanged and all("sparse_attention" in k for k in unchanged)  # (that knob is held at level 0)
+    assert os.path.isfile(tmp_path / "run" / "policy" / "policy.safetensors")
+    assert trainer.references.get([0], [int(trainer.pairs[0, 1])]).shape[1:] == (3, 8, 32, 32)
+
+
+def test_hasten_compare_on_clips_reports_per_frame_psnr_and_temporal_error(tmp_path):
+    from hasten.bench.compare import compare
+    from hasten.bench.compare_report import markdown
+
+    out = train_generator(ClipsGeneratorConfig(steps=1, **TINY), str(tmp_path / "gen"), progress=False)
+    from hasten.embedded.clips.classifier import ClipsClassifier
+
+    gen = hasten.load_generator(out)
+    gen.default_steps = 6
+    classifier = str(tmp_path / "classifier")
+    ClipsClassifier(width=4, feature_dim=8).save_pretrained(classifier)  # untrained: only the plumbing
+    result = compare(gen, None, classifier=classifier, n=8, uniform_steps=[3], methods="uniform,firstblockcache,dbcache",
+                     timing_samples=1, timing_repeats=1, timing_batches=[1], progress=False)
+    assert all("temporal_error" in r for r in result["methods"])
+    assert all(r["class_accuracy"] is not None and r["frechet_distance"] is not None for r in result["methods"])
+    uniform = next(r for r in result["methods"] if r["family"] == "uniform steps")
+    assert uniform["temporal_error"] > 0 and uniform["psnr_db"] < 100
+    table = markdown(result)
+    assert "PSNR to full (dB) per frame" in table and "temporal error" in table

@@ -21,6 +21,7 @@ def markdown(result: dict) -> str:
     """The result as a markdown table (one row per method and setting) with the acceptance checks."""
     libs = result["libraries"]
     batches = result["timing"]["batches"]
+    video = all("temporal_error" in r for r in result["methods"])  # clips: per-frame PSNR, temporal error
     lines = [f"n = {result['n']} held-out (class, noise) pairs (seeds {result['held_out_seeds'][0]}-"
              f"{result['held_out_seeds'][1]}), {result['num_steps']} steps, guidance {result['guidance']}; "
              f"{result['machine']}, {result['date']}; hasten {libs['hasten']}, torch {libs['torch']}, "
@@ -35,15 +36,16 @@ def markdown(result: dict) -> str:
              "",
              "| method | setting | library | FLOPs speedup | " +
              " | ".join(f"wall-clock speedup (batch {b})" for b in batches) +
-             " | PSNR to full (dB) | SSIM | class accuracy | Frechet distance |",
-             "|---|---|---|---:|" + "---:|" * len(batches) + "---:|---:|---:|---:|"]
+             f" | PSNR to full (dB){' per frame' if video else ''} | SSIM |" +
+             (" temporal error |" if video else "") + " class accuracy | Frechet distance |",
+             "|---|---|---|---:|" + "---:|" * len(batches) + "---:|---:|" + ("---:|" if video else "") + "---:|---:|"]
     for r in result["methods"]:
         library = r["library"] if r["version"] is None else f"{r['library']} {r['version']}"
         psnr_text = "reference" if r["kind"] == "full" else format(r["psnr_db"], ".2f")
         lines.append(f"| {r['family']} | {r['setting'] or '-'} | {library} | {r['speedup_flops']:.2f}x | " +
                      " | ".join(f"{_fmt(r.get(f'speedup_wall_batch{b}'), '.2f')}x" for b in batches) +
-                     f" | {psnr_text} | {r['ssim']:.4f} | {_fmt(r['class_accuracy'], '.4f')} | "
-                     f"{_fmt(r['frechet_distance'], '.1f')} |")
+                     f" | {psnr_text} | {r['ssim']:.4f} | " + (f"{r['temporal_error']:.4f} | " if video else "") +
+                     f"{_fmt(r['class_accuracy'], '.4f')} | {_fmt(r['frechet_distance'], '.1f')} |")
     lines += ["", *acceptance_lines(result)]
     if result.get("random_policy"):
         lines += ["", "Random policy: knob levels drawn i.i.d. over the learned policy's allowed levels, the level "

@@ -115,6 +115,8 @@ class DenoisingTask(Task):
                                              decisions=trainer.policy.decide(trainer.config.budget))
         full = trainer.references.get(conditions, seeds)
         grid = trainer.generator.preview(torch.cat([full, images.cpu()]))  # (2n, 3, H, W); latents decoded
+        if grid.ndim == 5:  # clips: their middle frames
+            grid = grid[:, :, grid.shape[2] // 2]
         grid = grid.view(2, n, *grid.shape[1:]).permute(2, 0, 3, 1, 4).reshape(grid.shape[1], 2 * grid.shape[2], -1)
         trainer.writer.add_image("samples/full_top_vs_accelerated_bottom", (grid.clamp(-1, 1) + 1) / 2, iteration)
 

@@ -17,14 +17,11 @@ from datetime import datetime, timezone
 import numpy as np
 import torch
 
-from hasten.embedded.shapes import data as shapes_data
 from hasten.embedded.shapes.classifier import ShapesClassifier, classify, frechet_distance, real_accuracy
 from hasten.io import machine_description
 from hasten.metrics import psnr  # noqa: F401  (re-exported: hasten.embedded.shapes.evaluate.psnr)
 
 logger = logging.getLogger(__name__)
-
-
 
 
 def _finite_mean(values: torch.Tensor, cap: float = 100.0) -> float:
@@ -47,7 +44,7 @@ def evaluate_generator(generator, classifier: ShapesClassifier, n: int = 512, nu
                                      batch_size=batch_size, progress=progress)
     preds, feats = classify(classifier, images)
     target = torch.tensor(labels)
-    real_images, _ = shapes_data.make_batch(seed + 10_000_019, n)
+    real_images, _ = classifier.dataset.make_batch(seed + 10_000_019, n)  # shapes, or clips
     _, real_feats = classify(classifier, torch.from_numpy(real_images))
     result = {
         "n": n,
@@ -56,7 +53,7 @@ def evaluate_generator(generator, classifier: ShapesClassifier, n: int = 512, nu
         "class_accuracy": float((preds == target).float().mean()),
         "frechet_distance": frechet_distance(feats.numpy().astype(np.float64),
                                              real_feats.numpy().astype(np.float64)),
-        "classifier_real_accuracy": real_accuracy(classifier, max(n, 1024)),
+        "classifier_real_accuracy": real_accuracy(classifier, max(n, 1024), dataset=classifier.dataset),
         "seconds_per_sample": stats["seconds"] / n,
         "batch_size": batch_size,
         "reduced_steps": [],
@@ -65,7 +62,7 @@ def evaluate_generator(generator, classifier: ShapesClassifier, n: int = 512, nu
         fast, fast_stats = generator.sample(labels, seeds, num_steps=steps, guidance=guidance,
                                             batch_size=batch_size, progress=progress)
         fast_preds, fast_feats = classify(classifier, fast)
-        values = psnr(fast, images)
+        values = psnr(fast, images)  # clips: per-frame PSNR
         result["reduced_steps"].append({
             "num_steps": steps,
             "fraction": steps / num_steps,

@@ -177,3 +177,31 @@ def train_flow_generator(config, run_dir: str, recipe: FlowRecipe, resume: bool 
     return out
 
 
+
+
+def export_flow_generator(transformer, encoder, config, out: str, train_seconds: float, train_steps: int | None,
+                          meta: dict) -> None:
+    """Write a generator folder (diffusers ``save_pretrained`` layout) that ``load_generator`` reads:
+    the transformer, the class encoder, the Euler scheduler at ``config.shift`` and
+    ``hasten_generator.json`` (``meta`` plus the training record)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from hasten import __version__
+    from hasten.io import atomic_directory, write_json_atomic
+
+    with atomic_directory(out) as tmp:
+        transformer.save_pretrained(os.path.join(tmp, "transformer"), safe_serialization=True)
+        encoder.save_pretrained(os.path.join(tmp, "class_encoder"))
+        FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=config.shift).save_pretrained(
+            os.path.join(tmp, "scheduler"))
+        write_json_atomic(os.path.join(tmp, "hasten_generator.json"), {
+            **meta,
+            "num_steps": config.num_steps,
+            "guidance_scale": config.guidance_scale,
+            "hasten_version": __version__,
+            "train_seconds": round(train_seconds, 1),
+            "train_steps": config.steps if train_steps is None else train_steps,
+            "train_threads": torch.get_num_threads(),
+            "train_config": asdict(config),
+        })
+    logger.info("exported generator to %s (%.0f s of training)", out, train_seconds)

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from hasten.embedded.shapes.data import COLOURS, IMAGE_SIZE, MAX_TILT, SHAPES, _shape_distance
+from hasten.embedded.shapes.data import (COLOURS, IMAGE_SIZE, MAX_TILT, SHAPES, _shape_distance, seeded_batch,
+                                         seeded_stream)
 
 FRAMES = 8
 MOTIONS = ("sliding", "rotating", "growing", "recolouring")
@@ -98,16 +99,9 @@ def render(labels: np.ndarray, rng: np.random.Generator, frames: int = FRAMES) -
 
 def make_batch(seed: int, batch_size: int, labels: np.ndarray | None = None):
     """A batch fully determined by ``seed``: (clips (B, 3, F, 32, 32) in [-1, 1], labels (B,))."""
-    rng = np.random.default_rng(seed)
-    if labels is None:
-        labels = rng.integers(0, NUM_CLASSES, size=batch_size)
-    return render(np.asarray(labels), rng), np.asarray(labels, dtype=np.int64)
+    return seeded_batch(render, NUM_CLASSES, seed, batch_size, labels)
 
 
 def batches(seed: int, batch_size: int, start: int = 0):
-    """Endless stream of batches; batch ``i`` uses seed ``(seed, i)``, so a resumed run continues
-    with exactly the batches it would have seen."""
-    index = start
-    while True:
-        yield make_batch(int(np.random.SeedSequence([seed, index]).generate_state(1)[0]), batch_size)
-        index += 1
+    """Endless stream of batches; a resumed run continues with exactly the batches it would have seen."""
+    return seeded_stream(make_batch, seed, batch_size, start)

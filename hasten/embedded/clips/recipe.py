@@ -14,13 +14,12 @@ and ``timestep = sigma * 1000`` as WanPipeline calls the model.
 from __future__ import annotations
 
 import logging
-import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 
 from hasten.embedded.clips import data as clips_data
-from hasten.embedded.flow_training import FlowRecipe, train_flow_generator
+from hasten.embedded.flow_training import FlowRecipe, export_flow_generator, train_flow_generator
 from hasten.models.flux_pixel import ClassEncoder, ClassEncoderConfig
 
 logger = logging.getLogger(__name__)
@@ -104,33 +103,15 @@ def flow_loss(transformer, encoder, clips, labels, sigmas, noise) -> torch.Tenso
 def export_generator(transformer, encoder, config: ClipsGeneratorConfig, out: str, train_seconds: float,
                      train_steps: int | None = None) -> None:
     """Write the generator folder (diffusers ``save_pretrained`` layout) read by load_generator."""
-    from diffusers import FlowMatchEulerDiscreteScheduler
-
-    from hasten import __version__
-    from hasten.io import atomic_directory, write_json_atomic
-
-    with atomic_directory(out) as tmp:
-        transformer.save_pretrained(os.path.join(tmp, "transformer"), safe_serialization=True)
-        encoder.save_pretrained(os.path.join(tmp, "class_encoder"))
-        FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=config.shift).save_pretrained(
-            os.path.join(tmp, "scheduler"))
-        write_json_atomic(os.path.join(tmp, "hasten_generator.json"), {
-            "family": "wan",
-            "kind": "class-conditional pixel-space rectified flow on video clips",
-            "image_size": clips_data.IMAGE_SIZE,
-            "frames": config.frames,
-            "channels": 3,
-            "class_names": list(clips_data.CLASS_NAMES),
-            "num_steps": config.num_steps,
-            "guidance_scale": config.guidance_scale,
-            "hasten_version": __version__,
-            "train_seconds": round(train_seconds, 1),
-            "train_steps": config.steps if train_steps is None else train_steps,
-            "train_threads": torch.get_num_threads(),
-            "recipe": "hasten generator train --config experiments/clips_generator.yaml",
-            "train_config": asdict(config),
-        })
-    logger.info("exported generator to %s (%.0f s of training)", out, train_seconds)
+    export_flow_generator(transformer, encoder, config, out, train_seconds, train_steps, {
+        "family": "wan",
+        "kind": "class-conditional pixel-space rectified flow on video clips",
+        "image_size": clips_data.IMAGE_SIZE,
+        "frames": config.frames,
+        "channels": 3,
+        "class_names": list(clips_data.CLASS_NAMES),
+        "recipe": "hasten generator train --config experiments/clips_generator.yaml",
+    })
 
 
 def train_generator(config: ClipsGeneratorConfig, run_dir: str, resume: bool = False, progress: bool = True) -> str:

@@ -111,18 +111,28 @@ def render(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return (np.clip(image, 0.0, 1.0) * 2 - 1).astype(np.float32)
 
 
-def make_batch(seed: int, batch_size: int, labels: np.ndarray | None = None):
-    """A batch fully determined by ``seed``: (images (B,3,32,32) in [-1,1], labels (B,))."""
+def seeded_batch(render_fn, num_classes: int, seed: int, batch_size: int, labels=None):
+    """``render_fn(labels, rng)`` of a batch fully determined by ``seed`` (labels drawn if not given)."""
     rng = np.random.default_rng(seed)
     if labels is None:
-        labels = rng.integers(0, NUM_CLASSES, size=batch_size)
-    return render(np.asarray(labels), rng), np.asarray(labels, dtype=np.int64)
+        labels = rng.integers(0, num_classes, size=batch_size)
+    return render_fn(np.asarray(labels), rng), np.asarray(labels, dtype=np.int64)
+
+
+def seeded_stream(make_batch_fn, seed: int, batch_size: int, start: int = 0):
+    """Endless stream of ``make_batch_fn(seed_i, batch_size)``; batch ``i`` uses seed ``(seed, i)``, so a
+    resumed run continues with exactly the batches it would have seen."""
+    index = start
+    while True:
+        yield make_batch_fn(int(np.random.SeedSequence([seed, index]).generate_state(1)[0]), batch_size)
+        index += 1
+
+
+def make_batch(seed: int, batch_size: int, labels: np.ndarray | None = None):
+    """A batch fully determined by ``seed``: (images (B,3,32,32) in [-1,1], labels (B,))."""
+    return seeded_batch(render, NUM_CLASSES, seed, batch_size, labels)
 
 
 def batches(seed: int, batch_size: int, start: int = 0):
-    """Endless stream of batches; batch ``i`` uses seed ``(seed, i)``, so a resumed run continues
-    with exactly the batches it would have seen."""
-    index = start
-    while True:
-        yield make_batch(int(np.random.SeedSequence([seed, index]).generate_state(1)[0]), batch_size)
-        index += 1
+    """Endless stream of batches (see :func:`seeded_stream`)."""
+    return seeded_stream(make_batch, seed, batch_size, start)

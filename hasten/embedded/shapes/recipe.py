@@ -16,12 +16,11 @@ generator folder that :func:`hasten.load_generator` reads.
 from __future__ import annotations
 
 import logging
-import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 
-from hasten.embedded.flow_training import FlowRecipe, train_flow_generator
+from hasten.embedded.flow_training import FlowRecipe, export_flow_generator, train_flow_generator
 from hasten.embedded.flow_training import lr_at as _lr_at  # noqa: F401  (kept name)
 from hasten.embedded.flow_training import progress_at  # noqa: F401  (kept name)
 from hasten.embedded.shapes import data as shapes_data
@@ -137,30 +136,11 @@ def train_generator(config: GeneratorTrainConfig, run_dir: str, resume: bool = F
 def export_generator(transformer, encoder, config: GeneratorTrainConfig, out: str,
                      train_seconds: float, train_steps: int | None = None) -> None:
     """Write the generator folder (diffusers ``save_pretrained`` layout) read by load_generator."""
-    from diffusers import FlowMatchEulerDiscreteScheduler
-
-    from hasten import __version__
-    from hasten.io import atomic_directory, write_json_atomic
-
-    with atomic_directory(out) as tmp:
-        transformer.save_pretrained(os.path.join(tmp, "transformer"), safe_serialization=True)
-        encoder.save_pretrained(os.path.join(tmp, "class_encoder"))
-        FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=config.shift).save_pretrained(
-            os.path.join(tmp, "scheduler"))
-        write_json_atomic(os.path.join(tmp, "hasten_generator.json"), {
-            "family": "flux",
-            "kind": "class-conditional pixel-space rectified flow",
-            "image_size": shapes_data.IMAGE_SIZE,
-            "channels": 3,
-            "class_names": list(shapes_data.CLASS_NAMES),
-            "num_steps": config.num_steps,
-            "guidance_scale": config.guidance_scale,
-            "hasten_version": __version__,
-            "train_seconds": round(train_seconds, 1),
-            "train_steps": config.steps if train_steps is None else train_steps,
-            "train_threads": torch.get_num_threads(),
-            "recipe": "hasten generator train",
-            "train_config": asdict(config),
-        })
-    logger.info("exported generator to %s (%.0f s of training)", out, train_seconds)
-
+    export_flow_generator(transformer, encoder, config, out, train_seconds, train_steps, {
+        "family": "flux",
+        "kind": "class-conditional pixel-space rectified flow",
+        "image_size": shapes_data.IMAGE_SIZE,
+        "channels": 3,
+        "class_names": list(shapes_data.CLASS_NAMES),
+        "recipe": "hasten generator train",
+    })

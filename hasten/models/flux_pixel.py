@@ -11,7 +11,8 @@ label dropout and classifier-free guidance.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
@@ -27,6 +28,15 @@ class ClassEncoderConfig:
     num_tokens: int = 4  # "text" tokens per class
     token_dim: int = 64  # FluxTransformer2DModel.joint_attention_dim
     pooled_dim: int = 64  # FluxTransformer2DModel.pooled_projection_dim
+    # a class index as mixed-radix "words" (e.g. [4, 4, 4]: motion, shape, colour of embedded:clips):
+    # the last len(factors) tokens are one embedding per word, shared by every class that has it,
+    # as a prompt's words are; the first num_tokens - len(factors) stay per class
+    factors: list = field(default_factory=list)
+
+    def __post_init__(self):
+        if self.factors and (math.prod(self.factors) != self.num_classes or len(self.factors) >= self.num_tokens):
+            raise ValueError(f"factors={self.factors}: expected factors of num_classes={self.num_classes} and fewer "
+                             f"than num_tokens={self.num_tokens}")
 
 
 class ClassEncoder(nn.Module):
@@ -37,22 +47,40 @@ class ClassEncoder(nn.Module):
         >>> tokens, pooled = enc(torch.tensor([0, 4]))
         >>> tuple(tokens.shape), tuple(pooled.shape)
         ((2, 4, 64), (2, 64))
+        >>> words = ClassEncoder(ClassEncoderConfig(num_classes=8, factors=[2, 4]))  # 2 tokens of its own, 2 words
+        >>> t, _ = words(torch.tensor([1, 5]))  # classes 1 = (0, 1) and 5 = (1, 1) share their second word
+        >>> bool(torch.equal(t[0, 3], t[1, 3])), bool(torch.equal(t[0, 2], t[1, 2]))
+        (True, False)
     """
 
     def __init__(self, config: ClassEncoderConfig):
         super().__init__()
         self.config = config
-        self.tokens = nn.Embedding(config.num_classes + 1, config.num_tokens * config.token_dim)
+        own = config.num_tokens - len(config.factors)  # tokens of the class itself
+        self.tokens = nn.Embedding(config.num_classes + 1, own * config.token_dim)
         self.pooled = nn.Embedding(config.num_classes + 1, config.pooled_dim)
         nn.init.normal_(self.tokens.weight, std=1.0)
         nn.init.normal_(self.pooled.weight, std=1.0)
+        if config.factors:  # one table per word, each with a null row
+            self.words = nn.ModuleList(nn.Embedding(f + 1, config.token_dim) for f in config.factors)
+            for table in self.words:
+                nn.init.normal_(table.weight, std=1.0)
 
     @property
     def null_class(self) -> int:
         return self.config.num_classes
 
     def forward(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        tokens = self.tokens(labels).view(-1, self.config.num_tokens, self.config.token_dim)
+        cfg = self.config
+        tokens = self.tokens(labels).view(labels.shape[0], -1, cfg.token_dim)
+        if cfg.factors:
+            null = labels == self.null_class
+            words, stride = [], cfg.num_classes
+            for size, table in zip(cfg.factors, self.words):
+                stride //= size
+                digit = torch.where(null, torch.full_like(labels, size), (labels // stride) % size)
+                words.append(table(digit))
+            tokens = torch.cat([tokens, torch.stack(words, dim=1)], dim=1)
         return tokens, self.pooled(labels)
 
     def save_pretrained(self, path: str) -> None:

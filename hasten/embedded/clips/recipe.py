@@ -46,8 +46,9 @@ class ClipsGeneratorConfig:
     attention_head_dim: int = 32  # inner dim 128
     ffn_dim: int = 384
     patch_size: list = field(default_factory=lambda: [1, 4, 4])  # frames x height x width per token
-    num_text_tokens: int = 4
+    num_text_tokens: int = 4  # one of the class's own, then its three words (motion, shape, colour)
     cond_dim: int = 64  # text_dim
+    word_tokens: bool = True  # the class as words shared across classes (ClassEncoderConfig.factors)
     frames: int = clips_data.FRAMES
     num_steps: int = 28  # default sampling steps recorded with the model
     guidance_scale: float = 3.5
@@ -86,8 +87,9 @@ def build_models(config: ClipsGeneratorConfig):
         attention_head_dim=config.attention_head_dim, in_channels=3, out_channels=3, text_dim=config.cond_dim,
         freq_dim=64, ffn_dim=config.ffn_dim, num_layers=config.num_layers, cross_attn_norm=True,
         qk_norm="rms_norm_across_heads", rope_max_seq_len=64)
+    factors = [len(clips_data.MOTIONS), len(clips_data.SHAPES), len(clips_data.COLOURS)] if config.word_tokens else []
     encoder = ClassEncoder(ClassEncoderConfig(num_classes=clips_data.NUM_CLASSES, num_tokens=config.num_text_tokens,
-                                              token_dim=config.cond_dim, pooled_dim=config.cond_dim))
+                                              token_dim=config.cond_dim, pooled_dim=config.cond_dim, factors=factors))
     return transformer, encoder
 
 

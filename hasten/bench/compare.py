@@ -145,7 +145,7 @@ def random_policy(policy, generator, target_fraction: float, num_steps: int, see
         (policy, info) where info holds ``t``, the level probabilities and the FLOPs fraction it
         spends on ``seeds``.
     """
-    from hasten.models.adapter import RowState
+    from hasten.models.rows import RowState
     from hasten.policies.heads import Policy, PolicyConfig
 
     cost = generator.step_cost()

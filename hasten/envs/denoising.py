@@ -15,7 +15,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from hasten.errors import HastenError
-from hasten.models.adapter import OBSERVATION, OBSERVATION_CHANGE_MAX
+from hasten.models.rows import OBSERVATION, OBSERVATION_CHANGE_MAX
 from hasten.knobs import KNOBS, forecast_space
 from hasten.envs.common import SingleRowEnv, reset_options, reward_columns
 from hasten.envs.references import ReferenceCache

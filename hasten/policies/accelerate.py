@@ -15,7 +15,7 @@ inside the transformer: a diffusers ``ModelHook`` on ``pipe.transformer`` (plus 
 position is the pipeline scheduler's step index; a new pipeline call is recognised by the
 scheduler's fresh ``timesteps`` (``set_timesteps`` at the start of every call). At the first call
 of each step the hook builds the policy's observation for every image (the same
-:class:`~hasten.models.adapter.RowState` as hasten's sampler and the training env), asks the
+:class:`~hasten.models.rows.RowState` as hasten's sampler and the training env), asks the
 policy for one (step_skip, cache_reuse, sparse_attention) level per image, and runs only the
 images that compute, with their cache and sparsity levels, through the transformer.
 
@@ -69,7 +69,8 @@ import torch
 from diffusers.hooks import ModelHook
 
 from hasten.errors import HastenError
-from hasten.models.adapter import DiTGenerator, RowState
+from hasten.models.adapter import DiTGenerator
+from hasten.models.rows import RowState
 from hasten.knobs.cost import StepCost, time_spent
 from hasten.models.families import DiTFamily, family_of
 from hasten.knobs import (KNOBS, SPARSE_ATTENTION, KnobState, OutputForecast, RowCache, attach_knobs,

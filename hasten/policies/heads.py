@@ -28,7 +28,7 @@ from torch import nn
 from torch.distributions import Categorical
 
 from hasten.errors import HastenError
-from hasten.models.adapter import OBSERVATION
+from hasten.models.rows import OBSERVATION
 from hasten.knobs.cost import time_spent
 from hasten.knobs import FORECAST_SPACES, KNOBS
 from hasten.io import atomic_directory, read_json, read_safetensors

@@ -127,7 +127,7 @@ class DenoisingTask(Task):
         return set(config.knobs) == {k.name for k in KNOBS}
 
     def policy_class(self, config, where: str = "policy"):
-        from hasten.models.adapter import OBSERVATION
+        from hasten.models.rows import OBSERVATION
         from hasten.policies.heads import Policy
 
         if list(config.observation) != list(OBSERVATION):

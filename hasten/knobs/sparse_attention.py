@@ -9,7 +9,6 @@ so FLOPs and time really drop.
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -33,9 +32,9 @@ class SparseLayout:
 
     Key blocks of ``key_block`` tokens (64 at large token counts, smaller so that there are at
     least 8); query blocks of ``query_block`` = up to 4 key blocks (larger query blocks keep the
-    attention kernel efficient; the selection stays at key-block granularity). A token count the
-    blocks do not tile (Wan's 13 x 30 x 52 = 20280 video tokens) is padded to ``padded_tokens``;
-    the last ``tail`` tokens (fewer than one query block) then stay dense, as the text does.
+    attention kernel efficient; the selection stays at key-block granularity). Where the query
+    blocks do not tile the tokens (Wan's 13 x 30 x 52 = 20280 video tokens), the last ``tail``
+    tokens (fewer than one query block) stay dense, as the text does.
 
     Example:
         >>> SparseLayout.for_tokens(4096)
@@ -244,11 +243,10 @@ def sparse_processor(inner, state: KnobState) -> SparseAttentionProcessor:
     """A :class:`SparseAttentionProcessor` around ``inner`` whose ``__call__`` has ``inner``'s signature."""
     cls = type(inner)
     if cls not in _WRAPPERS:
-        @functools.wraps(cls.__call__, assigned=("__doc__", "__wrapped__"), updated=())
         def __call__(self, attn, *args, **kwargs):
             return SparseAttentionProcessor.__call__(self, attn, *args, **kwargs)
 
-        __call__.__wrapped__ = cls.__call__
+        __call__.__wrapped__ = cls.__call__  # what inspect.signature reports
         _WRAPPERS[cls] = type(f"Sparse{cls.__name__}", (SparseAttentionProcessor,), {"__call__": __call__})
     return _WRAPPERS[cls](inner, state)
 

@@ -114,26 +114,38 @@ class PipelineOptions:
         return prompts
 
     def torch_device(self) -> torch.device:
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        try:
-            device = torch.device(self.device)
-        except RuntimeError as e:
-            raise HastenError(f"generator_options.device={self.device!r}: expected cuda, cuda:N, cpu or auto") from e
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise HastenError(f"generator_options.device={self.device!r}: CUDA is not available here (torch "
-                              f"{torch.__version__}, {'a CPU-only build' if torch.version.cuda is None else 'no GPU'}"
-                              "); install a CUDA build of torch on a GPU machine, or set "
-                              "generator_options.device=cpu for a small model")
-        if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-            raise HastenError(f"generator_options.device={self.device!r}: only {torch.cuda.device_count()} "
-                              "GPU(s) here")
-        return device
+        return torch_device(self.device)
 
     def torch_dtype(self, device: torch.device) -> torch.dtype:
-        if self.dtype == "auto":
-            return torch.bfloat16 if device.type == "cuda" else torch.float32
-        return DTYPES[self.dtype]
+        return torch_dtype(self.dtype, device)
+
+
+def torch_device(text: str) -> torch.device:
+    """``generator_options.device`` (cuda, cuda:N, cpu, auto = CUDA when available) -> a device, or a
+    one-line error where that device is not here."""
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(text)
+    except RuntimeError as e:
+        raise HastenError(f"generator_options.device={text!r}: expected cuda, cuda:N, cpu or auto") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise HastenError(f"generator_options.device={text!r}: CUDA is not available here (torch "
+                          f"{torch.__version__}, {'a CPU-only build' if torch.version.cuda is None else 'no GPU'}"
+                          "); install a CUDA build of torch on a GPU machine, or set "
+                          "generator_options.device=cpu for a small model")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise HastenError(f"generator_options.device={text!r}: only {torch.cuda.device_count()} GPU(s) here")
+    return device
+
+
+def torch_dtype(text: str, device: torch.device) -> torch.dtype:
+    """``generator_options.dtype`` (bfloat16, float16, float32, auto = bfloat16 on CUDA, float32 on the CPU)."""
+    if text == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if text not in DTYPES:
+        raise HastenError(f"generator_options: dtype={text!r}: expected one of {[*DTYPES, 'auto']}")
+    return DTYPES[text]
 
 
 class PromptTable(nn.Module):

@@ -135,14 +135,12 @@ def load_generator(name_or_path: str = "embedded:shapes", **options):
 
 
 def _placement(options: dict) -> tuple:
-    """``device`` / ``dtype`` generator options of a generator folder (as a pipeline folder's:
-    auto = CUDA when available, bfloat16 on CUDA and float32 on the CPU)."""
-    from hasten.config import from_dict
-    from hasten.models.pipeline import PipelineOptions
+    """``device`` / ``dtype`` generator options of a generator folder (parsed as a pipeline folder's;
+    unset: the CPU and float32)."""
+    from hasten.models.pipeline import torch_device, torch_dtype
 
-    opts = from_dict(PipelineOptions, {"prompts": ["-"], **options}, source="generator_options")
-    device = opts.torch_device() if "device" in options else torch.device("cpu")
-    dtype = opts.torch_dtype(device) if "dtype" in options else torch.float32
+    device = torch_device(str(options["device"])) if "device" in options else torch.device("cpu")
+    dtype = torch_dtype(str(options["dtype"]), device) if "dtype" in options else torch.float32
     return device, dtype
 
 

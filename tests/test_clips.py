@@ -127,3 +127,68 @@ def test_hasten_compare_on_clips_reports_per_frame_psnr_and_temporal_error(tmp_p
     assert uniform["temporal_error"] > 0 and uniform["psnr_db"] < 100
     table = markdown(result)
     assert "PSNR to full (dB) per frame" in table and "temporal error" in table
+
+
+def _tiny_clips_generator(tmp_path):
+    out = train_generator(ClipsGeneratorConfig(steps=1, **TINY), str(tmp_path / "gen"), progress=False)
+    return hasten.load_generator(out)
+
+
+def test_the_denoising_env_on_clips_passes_check_env(tmp_path):
+    from gymnasium.utils.env_checker import check_env
+
+    import gymnasium
+
+    import hasten.envs  # noqa: F401  (registers the envs)
+
+    env = gymnasium.make("hasten/Denoising-v0", disable_env_checker=True, generator=_tiny_clips_generator(tmp_path),
+                         num_steps=4)
+    check_env(env.unwrapped, skip_render_check=True)
+    obs, _ = env.reset(seed=0)
+    assert env.unwrapped.observation_space.contains(obs)
+
+
+@pytest.mark.parametrize("forecast", [False, "noise"])
+def test_sampling_with_a_policy_equals_the_envs_rollout_on_clips(tmp_path, forecast):
+    """The policy plugged into the frozen clips model (hasten.accelerate) makes the env's decisions
+    and gives the env's clips, bit for bit."""
+    from hasten.envs.denoising import DenoisingVectorEnv
+    from hasten.policies import Policy, PolicyConfig
+
+    gen = _tiny_clips_generator(tmp_path)
+    torch.manual_seed(0)
+    policy = Policy(PolicyConfig(family="wan", num_steps=6, forecast=bool(forecast),
+                                 forecast_space=forecast or "velocity",
+                                 init_probs={"step_skip": [0.4, 0.3, 0.3, 0, 0, 0], "cache_reuse": [0.3, 0.3, 0.4]}))
+    labels, seeds = [3, 40, 17], [5, 6, 7]
+    env = DenoisingVectorEnv(num_envs=3, generator=gen, num_steps=6, budget=0.4, forecast=forecast)
+    obs, _ = env.reset(options={"conditions": labels, "seeds": seeds})
+    while not env.all_done():
+        actions, _ = policy.act(torch.from_numpy(obs), greedy=True)
+        obs, *_ = env.step(actions.numpy())
+    with hasten.accelerate(gen, policy, budget=0.4, greedy=True) as acc:
+        clips, stats = gen.sample(labels, seeds)
+    assert clips.shape == (3, 3, 8, 32, 32) and (stats["flops_fraction"] < 1).all()
+    assert torch.equal(clips, env.images())
+    np.testing.assert_array_equal(stats["decisions"], env.rollout.decisions.numpy())
+    assert acc.stats is stats
+
+
+def test_embedded_clips_ships_with_its_classifier_and_the_recipe_that_reproduces_it():
+    import yaml
+
+    from hasten.models.registry import evaluation_classifier
+
+    gen = hasten.load_generator("embedded:clips")
+    assert gen.family.name == "wan" and gen.sample_shape == (3, 8, 32, 32) and gen.num_classes == 64
+    assert gen.default_steps == 28 and gen.meta["class_names"] == list(data.CLASS_NAMES)
+    recipe = yaml.safe_load(open(os.path.join(os.path.dirname(__file__), "..", "experiments", "clips_generator.yaml")))
+    trained = gen.meta["train_config"]
+    assert {k: (list(v) if isinstance(v, tuple) else v) for k, v in trained.items() if k in recipe} == recipe
+    assert gen.meta["train_seconds"] <= 90 * 60
+    classifier = evaluation_classifier(gen)
+    clips, _ = gen.sample(["sliding red circle"], [0], num_steps=2)
+    from hasten.embedded.shapes.classifier import classify
+
+    preds, feats = classify(classifier, clips)
+    assert preds.shape == (1,) and feats.shape[0] == 1

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from hasten.cli import main
-from hasten.bench.compare import acceptance, compare, parse_budgets, parse_methods, random_policy
+from hasten.bench.compare import compare, parse_budgets, parse_methods, random_policy
+from hasten.bench.compare_acceptance import acceptance
 from hasten.bench.compare_report import SECTION_TITLE, benchmarks_section, markdown, pareto_plot, write_benchmarks_section
 from hasten.errors import HastenError
 from hasten.knobs.cost import ExecutedFlops
@@ -152,6 +153,23 @@ def test_acceptance_on_hand_made_points():
     assert not flops["policy_3x_at_best_peer_2x_fidelity"]
     rows[3] = row("peer", "A", 38, 1.5, 1.5)
     assert acceptance({"methods": rows})["speedup_flops"]["dominates_every_point"]
+    assert "temporal_error_at_2.5x" not in flops  # images: no temporal check
+
+
+def test_the_temporal_error_check_of_clips_at_2_5x():
+    def row(kind, family, speedup, temporal):
+        return {"kind": kind, "family": family, "method": f"{family} {speedup}", "psnr_db": 30.0,
+                "speedup_flops": speedup, "temporal_error": temporal}
+
+    rows = [row("full", "full compute", 1, 0.0), row("policy", "learned policy", 2.0, 0.02),
+            row("policy", "learned policy", 3.0, 0.04), row("peer", "A", 2.0, 0.01), row("peer", "A", 3.0, 0.05),
+            row("peer", "B", 1.5, 0.0), row("peer", "B", 2.0, 0.001)]  # B does not reach 2.5x
+    check = acceptance({"methods": rows})["speedup_flops"]["temporal_error_at_2.5x"]
+    assert check["policy"] == pytest.approx(0.03) and check["by_family"] == {"A": pytest.approx(0.03)}
+    assert check["best_peer"] == "A" and check["policy_no_worse"]
+    rows[4] = row("peer", "A", 3.0, 0.03)
+    check = acceptance({"methods": rows})["speedup_flops"]["temporal_error_at_2.5x"]
+    assert check["best_peer_temporal_error"] == pytest.approx(0.02) and check["policy_no_worse"] is False
 
 
 @pytest.fixture(scope="module")

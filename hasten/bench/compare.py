@@ -49,7 +49,8 @@ from hasten.knobs.cost import ExecutedFlops
 from hasten.knobs import KNOBS
 from hasten.bench.peers import NOT_APPLICABLE, Peer, calibrate_mag_cache, default_peers, library_version
 from hasten.io import machine_description
-from hasten.policies.evaluate import (HELD_OUT_SEED, interleaved_medians, interpolate, quality_metrics,
+from hasten.bench.compare_acceptance import acceptance
+from hasten.policies.evaluate import (HELD_OUT_SEED, interleaved_medians, quality_metrics,
                                       real_features)
 
 logger = logging.getLogger(__name__)
@@ -409,78 +410,3 @@ def compare(generator, policy=None, classifier=None, budgets: Sequence[float] = 
     }
     result["acceptance"] = acceptance(result)
     return result
-
-
-# ----------------------------------------------------------------------------------- acceptance
-def _frontier(points: list[tuple[float, float]], fidelity: float) -> float | None:
-    """Best speedup of a curve at a fidelity of at least ``fidelity``: its points with PSNR >= it
-    and the linear interpolation between consecutive points (by PSNR) that spans it."""
-    points = sorted(points)
-    best = [s for q, s in points if q >= fidelity]
-    for (q0, s0), (q1, s1) in zip(points, points[1:]):
-        if q0 <= fidelity <= q1 and q1 > q0:
-            best.append(s0 + (s1 - s0) * (fidelity - q0) / (q1 - q0))
-    return max(best) if best else None
-
-
-TIE = 0.005  # relative difference of two speedups that counts as equal in the acceptance checks
-
-
-def acceptance(result: dict) -> dict:
-    """The checks of issue 5 on one result.
-
-    1. At every fidelity level, the learned policy's speedup (FLOPs, and wall-clock at batch 1) is
-       >= every other method's: for each other method's point (PSNR q, speedup s) the policy's
-       curve over budgets must reach q with a speedup >= s (points it does not reach fail; a
-       speedup within ``TIE`` of s counts as equal, e.g. the random policy matched to its FLOPs).
-    2. At the fidelity the best peer reaches at 2x (each curve interpolated at 2x), the policy
-       reaches >= 3x.
-    """
-    rows = result["methods"]
-    ours = [r for r in rows if r["kind"] == "policy"]
-    others = [r for r in rows if r["kind"] not in ("policy", "full")]
-    out = {}
-    for metric in ("speedup_flops", "speedup_wall_batch1"):
-        if not ours or metric not in ours[0]:
-            continue
-        curve = [(r["psnr_db"], r[metric]) for r in ours]
-        failures = []
-        for r in others:
-            at = _frontier(curve, r["psnr_db"])
-            if at is None or at < r[metric] * (1 - TIE):
-                failures.append({"method": r["method"], "psnr_db": r["psnr_db"], "speedup": r[metric],
-                                 "policy_speedup_at_that_psnr": at})
-        at_2x = {}
-        for family in dict.fromkeys(r["family"] for r in others):
-            pts = sorted((r[metric], r["psnr_db"]) for r in others if r["family"] == family)
-            value = interpolate([p[0] for p in pts], [p[1] for p in pts], 2.0)
-            if value is not None:
-                at_2x[family] = value
-        best_family = max(at_2x, key=at_2x.get) if at_2x else None
-        best_psnr = at_2x.get(best_family)
-        policy_speedup = _frontier(curve, best_psnr) if best_psnr is not None else None
-        by_family = {}
-        for r in others:
-            total, beaten = by_family.get(r["family"], (0, 0))
-            by_family[r["family"]] = (total + 1, beaten + (r["method"] not in {f["method"] for f in failures}))
-        out[metric] = {
-            "dominates_every_point": not failures, "points_checked": len(others), "points_not_dominated": failures,
-            "dominated_by_family": {family: {"points": t, "dominated": d} for family, (t, d) in by_family.items()},
-            "psnr_at_2x_by_family": at_2x, "best_peer_at_2x": best_family, "best_peer_psnr_at_2x": best_psnr,
-            "policy_speedup_at_that_psnr": policy_speedup,
-            "policy_3x_at_best_peer_2x_fidelity": policy_speedup is not None and policy_speedup >= 3.0,
-        }
-        # the other view: at each of the policy's speedups, each method's PSNR (its curve interpolated;
-        # methods whose settings do not span that speedup are left out)
-        at_policy = []
-        for r in ours:
-            psnrs = {}
-            for family in dict.fromkeys(o["family"] for o in others):
-                pts = sorted((o[metric], o["psnr_db"]) for o in others if o["family"] == family)
-                value = interpolate([p[0] for p in pts], [p[1] for p in pts], r[metric])
-                if value is not None:
-                    psnrs[family] = value
-            at_policy.append({"method": r["method"], "speedup": r[metric], "psnr_db": r["psnr_db"],
-                              "psnr_of_others_at_that_speedup": psnrs})
-        out[metric]["at_policy_speedups"] = at_policy
-    return out

@@ -12,7 +12,7 @@ from hasten.cli.outputs import add_output
 from hasten.tasks import TASKS
 
 
-def _compare_outputs(result: dict, args, markdown, plot, benchmarks_section, title: str) -> None:
+def _compare_outputs(result: dict, args, markdown, plot, benchmarks_section) -> None:
     """Print the table; write --json, --markdown, --plot and the --benchmarks-md section of a compare result."""
     from hasten.bench.compare_report import write_benchmarks_section
 
@@ -22,7 +22,9 @@ def _compare_outputs(result: dict, args, markdown, plot, benchmarks_section, tit
         print(f"wrote {plot(result, args.plot)}")
     if args.benchmarks_md:
         path = os.path.relpath(args.plot, os.path.dirname(os.path.abspath(args.benchmarks_md))) if args.plot else None
-        write_benchmarks_section(args.benchmarks_md, benchmarks_section(result, table, path), title=title)
+        section = benchmarks_section(result, table, path)
+        title = section.splitlines()[0]  # its heading: the section of the file it replaces
+        write_benchmarks_section(args.benchmarks_md, section, title=title)
         print(f"wrote the '{title}' section of {args.benchmarks_md}")
 
 
@@ -36,8 +38,7 @@ def cmd_compare(args) -> int:
     if not args.from_json:  # an earlier run's JSON keeps its own policy and command
         result["policy"] = os.path.abspath(args.policy) if args.policy else None
         result["command"] = "hasten " + " ".join(sys.argv[1:]) if sys.argv else ""
-    markdown, plot, benchmarks_section, title = task.compare_report()
-    _compare_outputs(result, args, markdown, plot, benchmarks_section, title)
+    _compare_outputs(result, args, *task.compare_report())
     return 0
 
 

@@ -22,7 +22,8 @@ from hasten.errors import HastenError
 logger = logging.getLogger(__name__)
 
 EMBEDDED_ROOT = os.path.join(os.path.dirname(os.path.dirname(__file__)), "embedded")
-EMBEDDED = {"shapes": os.path.join(EMBEDDED_ROOT, "shapes", "weights")}
+EMBEDDED = {"shapes": os.path.join(EMBEDDED_ROOT, "shapes", "weights"),
+            "clips": os.path.join(EMBEDDED_ROOT, "clips", "weights")}
 META = "hasten_generator.json"
 
 

@@ -152,7 +152,8 @@ class DenoisingTask(Task):
     def compare(self, args) -> dict:
         """The learned policy against full compute, uniform steps, diffusers' caches and cache-dit on held-out
         pairs (:func:`hasten.bench.compare.compare`), or an earlier run's JSON re-analysed (``--from-json``)."""
-        from hasten.bench.compare import acceptance, compare, parse_budgets
+        from hasten.bench.compare import compare, parse_budgets
+        from hasten.bench.compare_acceptance import acceptance
         from hasten.cli.common import evaluation_classifier, int_tuple, policy_and_generator
         from hasten.io import read_json
 
@@ -173,9 +174,9 @@ class DenoisingTask(Task):
                        peer_batch_size=args.peer_batch_size, progress=not args.quiet)
 
     def compare_report(self):
-        from hasten.bench.compare_report import SECTION_TITLE, benchmarks_section, markdown, pareto_plot
+        from hasten.bench.compare_report import benchmarks_section, markdown, pareto_plot
 
-        return markdown, pareto_plot, benchmarks_section, SECTION_TITLE
+        return markdown, pareto_plot, benchmarks_section
 
     # ------------------------------------------------------------------------- inference
     def accepts(self, target, policy) -> bool:

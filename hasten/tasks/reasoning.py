@@ -156,9 +156,9 @@ class ReasoningTask(Task):
                                  batch_size=args.batch_size, progress=not args.quiet)
 
     def compare_report(self):
-        from hasten.bench.compare_reasoning import SECTION_TITLE, benchmarks_section, markdown, plot
+        from hasten.bench.compare_reasoning import benchmarks_section, markdown, plot
 
-        return markdown, plot, benchmarks_section, SECTION_TITLE
+        return markdown, plot, benchmarks_section
 
     # ------------------------------------------------------------------------- inference
     def accepts(self, target, policy) -> bool:

@@ -136,7 +136,8 @@ class Task(ABC):
         raise HastenError(f"compare: not available for the {self.name} task")
 
     def compare_report(self):
-        """(markdown(result), plot(result, path), benchmarks_section(result, table, plot), section title)."""
+        """(markdown(result), plot(result, path), benchmarks_section(result, table, plot)); the section's first
+        line is its ``## `` heading, the one ``--benchmarks-md`` replaces."""
         raise HastenError(f"compare: not available for the {self.name} task")
 
     def __repr__(self) -> str:

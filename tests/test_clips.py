@@ -192,3 +192,23 @@ def test_embedded_clips_ships_with_its_classifier_and_the_recipe_that_reproduces
 
     preds, feats = classify(classifier, clips)
     assert preds.shape == (1,) and feats.shape[0] == 1
+
+
+def test_every_library_cache_saves_compute_on_wan(tmp_path):
+    """diffusers' default attention patterns miss Wan's attn1 / attn2: without hasten's patterns
+    TaylorSeer and FasterCache hook nothing on Wan, and SeaCache needs the clip as (C, F, H, W)."""
+    from hasten.bench.peers import default_peers
+    from hasten.knobs.cost import ExecutedFlops
+
+    gen = _tiny_clips_generator(tmp_path)
+    steps = 16
+    full, _ = gen.sample([0], [0], num_steps=steps)
+    with ExecutedFlops() as counter:
+        gen.sample([0], [0], num_steps=steps)
+    full_flops = counter.flops
+    for family, settings in default_peers(steps).items():
+        peer = settings[-1]  # the most aggressive setting
+        with peer.applied(gen, steps), ExecutedFlops() as counter:
+            clips = peer.sample(gen, [0], [0], num_steps=steps)
+        assert counter.flops < 0.9 * full_flops, family
+        assert 0 < float((clips - full).abs().max()) < 1.0, family

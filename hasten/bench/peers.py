@@ -334,9 +334,26 @@ def calibrate_mag_cache(generator, conditions: Sequence, seeds: Sequence[int], n
 
 
 # ----------------------------------------------------------------------------------- the settings
+def attention_identifiers(generator) -> list[str]:
+    """Patterns of the attention modules inside the transformer's blocks (``transformer_blocks.3.attn``,
+    Wan's ``blocks.3.attn1`` and ``blocks.3.attn2``), for the caches that hook attention (TaylorSeer,
+    FasterCache). diffusers' default patterns (``^blocks.*attn``, matched in full) miss Wan's
+    ``attn1`` / ``attn2``, and TaylorSeer and FasterCache then hook nothing on Wan."""
+    from diffusers.models.attention import AttentionModuleMixin
+    from diffusers.models.attention_processor import Attention
+
+    patterns = []
+    for block_list in generator.family.block_lists:
+        names = sorted({name for block in getattr(generator.transformer, block_list)
+                        for name, child in block.named_children() if isinstance(child, (Attention, AttentionModuleMixin))})
+        if names:
+            patterns.append(rf"^{block_list}\.\d+\.({'|'.join(names)})$")
+    return patterns
+
+
 def _raw_vision(generator):
     """SeaCache's ``raw_vision_callback`` for a hasten generator: the noisy image (or latent) of each
-    row as (C, 1, H, W), unpacked from Flux's 2x2-packed tokens where needed."""
+    row as (C, 1, H, W), unpacked from Flux's 2x2-packed tokens where needed; a clip's as (C, F, H, W)."""
     from hasten.models.flux_pixel import unpack
 
     size = generator.image_size
@@ -345,6 +362,8 @@ def _raw_vision(generator):
         hidden = kwargs.get("hidden_states", args[0] if args else None)
         if hidden is None:
             return None
+        if hidden.ndim == 5:  # clips (B, C, F, H, W): SeaCache takes (C, frames, H, W)
+            return list(hidden)
         images = hidden if hidden.ndim == 4 else unpack(hidden, size, size)
         return [x.unsqueeze(1) for x in images]
 
@@ -372,7 +391,8 @@ def default_peers(num_steps: int, calibration: tuple[Sequence, Sequence[int]] | 
     for interval in (2, 3, 5):
         add("TaylorSeer", "diffusers", "diffusers", f"interval={interval}",
             lambda loop, gen, i=interval: TaylorSeerCacheConfig(cache_interval=i, max_order=1,
-                                                                taylor_factors_dtype=torch.float32),
+                                                                taylor_factors_dtype=torch.float32,
+                                                                cache_identifiers=attention_identifiers(gen)),
             cache_interval=interval, max_order=1)
     for interval in (2, 3, 5):
         add("TaylorSeer lite", "diffusers", "diffusers", f"interval={interval}",
@@ -399,7 +419,7 @@ def default_peers(num_steps: int, calibration: tuple[Sequence, Sequence[int]] | 
         add("FasterCache", "diffusers", "diffusers", f"skip={skip}",
             lambda loop, gen, k=skip: FasterCacheConfig(
                 spatial_attention_block_skip_range=k, spatial_attention_timestep_skip_range=(-1, 681),
-                spatial_attention_block_identifiers=(r"^transformer_blocks.*attn$", r"^single_transformer_blocks.*attn$"),
+                spatial_attention_block_identifiers=tuple(attention_identifiers(gen)),
                 attention_weight_callback=lambda module: 0.5, is_guidance_distilled=True,
                 current_timestep_callback=loop.current_timestep, tensor_format="BCHW"),
             spatial_attention_block_skip_range=skip, attention_only=True)

@@ -37,7 +37,7 @@ class DenoisingTask(Task):
     fallback = True
     report_panels = (("charts/reward", "reward (composite)"), ("charts/speedup_flops", "FLOPs speedup (x)"),
                      ("charts/fidelity_psnr", "PSNR to full compute (dB)"))
-    report_schedule_label = "quarter of the schedule (noise -> image)"
+    report_schedule_label = "quarter of the schedule (noise -> sample)"
     report_knobs = ("step_skip", "cache_reuse")
 
     # ------------------------------------------------------------------------- the model

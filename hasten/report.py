@@ -3,7 +3,8 @@
 Reads ``metrics.jsonl`` and writes ``RUN_DIR/report.png``: the reward, FLOPs speedup and PSNR to
 full compute per iteration (reasoning runs: reward, accuracy and the reasoning tokens' fraction of
 the full chain's), each reward term, and the policy's decision frequencies over the schedule (a
-heatmap per knob, from the last iteration).
+heatmap per knob, from the last iteration: per step, or per quarter for runs logged before
+``steps/<knob>`` existed).
 """
 
 from __future__ import annotations
@@ -88,12 +89,20 @@ def write_report(run_dir: str, out: str | None = None) -> str:
     for ax in axes[1, 1 + len(knobs):]:
         ax.axis("off")
     for ax, (name, levels) in zip(axes[1, 1:], knobs.items()):
-        buckets = sorted({int(k.rsplit("/t", 1)[1]) for k in last if k.startswith(f"policy/{name}/")})
-        grid = np.array([[last.get(f"policy/{name}/{level}/t{b}", 0.0) for b in buckets] for level in levels])
-        image = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0, vmax=1)
+        if f"steps/{name}" in last:  # per schedule position (runs since issue 23)
+            grid = np.array(last[f"steps/{name}"])
+            ticks = list(range(0, grid.shape[1], max(1, grid.shape[1] // 7)))
+            xticks = (ticks, [str(t + 1) for t in ticks])
+            xlabel = task.report_step_label
+        else:  # per quarter of the schedule
+            buckets = sorted({int(k.rsplit("/t", 1)[1]) for k in last if k.startswith(f"policy/{name}/")})
+            grid = np.array([[last.get(f"policy/{name}/{level}/t{b}", 0.0) for b in buckets] for level in levels])
+            xticks = (range(len(buckets)), [f"Q{b + 1}" for b in buckets])
+            xlabel = task.report_schedule_label
+        image = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
         ax.set_yticks(range(len(levels)), [str(v) for v in levels])
-        ax.set_xticks(range(len(buckets)), [f"Q{b + 1}" for b in buckets])
-        ax.set_xlabel(task.report_schedule_label)
+        ax.set_xticks(*xticks)
+        ax.set_xlabel(xlabel)
         ax.set_title(f"{name}: share of decisions (iteration {last['iteration']})")
         fig.colorbar(image, ax=ax)
     fig.suptitle(os.path.basename(os.path.normpath(run_dir)))

@@ -104,6 +104,8 @@ def test_info_and_eval_write_json(tiny_generator_dir, tiny_classifier_dir, tmp_p
     assert code == 0
     result = json.loads((tmp_path / "eval.json").read_text())
     assert result["n"] == 16 and 0 <= result["class_accuracy"] <= 1
+    factors = result["factor_accuracy"]  # each word of the class: at least as often right as the class
+    assert list(factors) == ["colour", "shape"] and min(factors.values()) >= result["class_accuracy"]
     assert [r["num_steps"] for r in result["reduced_steps"]] == [2, 1]
     assert result["reduced_steps"][0]["psnr_db"] > result["reduced_steps"][1]["psnr_db"]
     assert "| 2 | 0.500 |" in (tmp_path / "eval.md").read_text()

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import yaml
 from PIL import Image
@@ -89,6 +90,10 @@ def test_quickstart_smoke_then_eval_and_sample(tiny_generator_dir, tiny_classifi
 
     assert main(["report", str(run)]) == 0
     assert Image.open(run / "report.png").size[0] > 600
+    last = json.loads(open(run / "metrics.jsonl").readlines()[-1])
+    grid = np.array(last["steps/step_skip"])  # (the quickstart's 3 step-skip levels, steps): the report's heatmap
+    assert grid.shape[0] == 3 and grid.shape[1] >= 4 and np.allclose(grid.sum(axis=0)[grid.sum(axis=0) > 0], 1.0)
+    assert grid.sum(axis=0)[0] == pytest.approx(1.0)  # every row calls the model at the first step
     assert_one_line_error(run_cli("report", str(tmp_path)), "no metrics.jsonl")
 
     png = tmp_path / "side.png"

@@ -38,6 +38,7 @@ class DenoisingTask(Task):
     report_panels = (("charts/reward", "reward (composite)"), ("charts/speedup_flops", "FLOPs speedup (x)"),
                      ("charts/fidelity_psnr", "PSNR to full compute (dB)"))
     report_schedule_label = "quarter of the schedule (noise -> sample)"
+    report_step_label = "step (noise -> sample); a dark column: no model call there"
     report_knobs = ("step_skip", "cache_reuse")
 
     # ------------------------------------------------------------------------- the model

@@ -31,6 +31,7 @@ class ReasoningTask(Task):
     report_panels = (("charts/reward", "reward (composite)"), ("charts/accuracy", "accuracy (sampled decisions)"),
                      ("charts/token_fraction", "reasoning tokens / full chain's"))
     report_schedule_label = "quarter of the chain's line limit"
+    report_step_label = "line of the chain"
     report_knobs = ("think",)
 
     # ------------------------------------------------------------------------- the model

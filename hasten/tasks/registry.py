@@ -69,6 +69,7 @@ class Task(ABC):
     #: (metric key, title) of the three curves of ``hasten report``; the x-axis label of its heatmaps
     report_panels: tuple[tuple[str, str], ...] = ()
     report_schedule_label: str = "quarter of the schedule"
+    report_step_label: str = "step of the schedule"
     report_knobs: tuple[str, ...] = ()  # knobs whose decision heatmaps ``hasten report`` draws
 
     # ------------------------------------------------------------------------- the model

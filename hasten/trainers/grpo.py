@@ -235,6 +235,7 @@ class GRPOTrainer:
             m[f"rewards/{name}/mean"] = float(np.mean(values))
             m[f"rewards/{name}/std"] = float(np.std(values))
         m.update(decision_frequencies(batch.decisions, self.policy.knobs))
+        m.update(decisions_per_step(batch.decisions, self.policy.knobs))
         return m
 
     # ------------------------------------------------------------------------- the run
@@ -295,8 +296,8 @@ class GRPOTrainer:
         return os.path.join(self.run_dir, POLICY_DIR)
 
     def log(self, iteration: int, m: dict) -> None:
-        for key, value in m.items():
-            if key != "iteration" and np.isfinite(value):
+        for key, value in m.items():  # scalars to TensorBoard; all of it (per-step grids too) to metrics.jsonl
+            if key != "iteration" and np.isscalar(value) and np.isfinite(value):
                 self.writer.add_scalar(key, value, iteration)
         with open(os.path.join(self.run_dir, METRICS_FILE), "a") as f:
             f.write(json.dumps(m) + "\n")
@@ -381,6 +382,17 @@ def decision_frequencies(decisions: np.ndarray, knobs: dict | None = None) -> di
             for level, value in enumerate(levels):
                 out[f"policy/{name}/{value}/t{b}"] = float((window[..., k][calls] == level).sum() / total)
     return out
+
+
+def decisions_per_step(decisions: np.ndarray, knobs: dict | None = None) -> dict:
+    """``steps/<knob>``: (levels, steps) grid of the share of each level among the rows that call the
+    model at each schedule position (a column of zeros: no row called there); ``hasten report`` draws it."""
+    knobs = knobs or {k.name: list(k.levels) for k in KNOBS}
+    calls = decisions[..., 0] >= 0  # (n, steps)
+    total = np.maximum(calls.sum(axis=0), 1)
+    return {f"steps/{name}": [np.round(((decisions[..., k] == level) & calls).sum(axis=0) / total, 4).tolist()
+                              for level in range(len(levels))]
+            for k, (name, levels) in enumerate(knobs.items())}
 
 
 def _truncate_metrics(path: str, iteration: int) -> None:

@@ -24,6 +24,7 @@ from hasten.embedded.shapes.data import (COLOURS, IMAGE_SIZE, MAX_TILT, SHAPES, 
 
 FRAMES = 8
 MOTIONS = ("sliding", "rotating", "growing", "recolouring")
+FACTORS = ("motion", "colour", "shape")  # the words of a class name, in order
 CLASS_NAMES = tuple(f"{motion} {colour} {shape}" for motion in MOTIONS for shape in SHAPES for colour in COLOURS)
 NUM_CLASSES = len(CLASS_NAMES)
 _PALETTE = np.asarray(list(COLOURS.values()), dtype=np.float32)

@@ -29,6 +29,7 @@ COLOURS = {
     "yellow": (0.95, 0.85, 0.10),
 }
 MAX_TILT = 0.3  # radians
+FACTORS = ("colour", "shape")  # the words of a class name, in order
 CLASS_NAMES = tuple(f"{colour} {shape}" for shape in SHAPES for colour in COLOURS)
 NUM_CLASSES = len(CLASS_NAMES)
 

@@ -29,6 +29,14 @@ def _finite_mean(values: torch.Tensor, cap: float = 100.0) -> float:
     return float(values.clamp(max=cap).mean())
 
 
+def factor_accuracy(predicted, target, class_names, factors) -> dict[str, float]:
+    """Accuracy of each word of the class name ("sliding" / "red" / "circle"): which factor a
+    generator gets right when it misses the class."""
+    words = [name.split() for name in class_names]
+    return {factor: float(np.mean([words[int(p)][i] == words[int(t)][i] for p, t in zip(predicted, target)]))
+            for i, factor in enumerate(factors)}
+
+
 def evaluate_generator(generator, classifier: ShapesClassifier, n: int = 512, num_steps: int | None = None,
                        guidance: float | None = None, reduced_steps: tuple[int, ...] = (),
                        seed: int = 0, batch_size: int = 64, progress: bool = True) -> dict:
@@ -51,6 +59,7 @@ def evaluate_generator(generator, classifier: ShapesClassifier, n: int = 512, nu
         "num_steps": num_steps,
         "guidance_scale": guidance,
         "class_accuracy": float((preds == target).float().mean()),
+        "factor_accuracy": factor_accuracy(preds, target, generator.class_names, classifier.dataset.FACTORS),
         "frechet_distance": frechet_distance(feats.numpy().astype(np.float64),
                                              real_feats.numpy().astype(np.float64)),
         "classifier_real_accuracy": real_accuracy(classifier, max(n, 1024), dataset=classifier.dataset),
@@ -84,7 +93,9 @@ def markdown_table(result: dict) -> str:
     lines = [
         f"n = {result['n']} (class, noise) pairs, guidance {result['guidance_scale']}, "
         f"{result['machine']}, {result['date']}. Classifier accuracy on fresh real images: "
-        f"{result['classifier_real_accuracy']:.4f}.",
+        f"{result['classifier_real_accuracy']:.4f}." +
+        ("" if "factor_accuracy" not in result else " Accuracy of each word of the class at the default steps: " +
+         ", ".join(f"{k} {v:.4f}" for k, v in result["factor_accuracy"].items()) + "."),
         "",
         "| steps | fraction of default | PSNR to default-step sample (dB) | class accuracy | "
         "Frechet distance (classifier features) | s / sample |",

@@ -62,7 +62,7 @@ def test_export_of_a_run_carries_recipe_commit_and_metrics(tiny_generator_dir, t
 
 
 SHIPPED = {"embedded:shapes-quickstart": "embedded:shapes", "embedded:shapes-budgets": "embedded:shapes",
-           "embedded:arith-cot": "embedded:arith"}
+           "embedded:arith-cot": "embedded:arith", "embedded:clips-budgets": "embedded:clips"}
 
 
 @pytest.mark.parametrize("name, model", sorted(SHIPPED.items()))

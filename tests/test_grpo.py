@@ -98,7 +98,7 @@ def test_killed_and_resumed_run_continues_exactly(tiny_generator_dir, tmp_path):
     skip = {"timing_s/rollout", "timing_s/update", "perf/episodes_per_s"}
     for key in straight[2]:
         if key not in skip:
-            assert resumed[2][key] == pytest.approx(straight[2][key], rel=1e-6, abs=1e-9), key
+            np.testing.assert_allclose(resumed[2][key], straight[2][key], rtol=1e-6, atol=1e-9, err_msg=key)
 
 
 def test_discriminator_can_be_switched_off_from_the_experiment(tiny_generator_dir, tmp_path):

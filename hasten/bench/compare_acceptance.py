@@ -13,6 +13,24 @@ from __future__ import annotations
 
 from hasten.policies.evaluate import interpolate
 
+
+def is_video(result: dict) -> bool:
+    """Clips (per-frame PSNR, temporal error) rather than images."""
+    return all("temporal_error" in r for r in result["methods"])
+
+
+def by_family_at(rows: list[dict], metric: str, key: str, speedup: float) -> dict[str, float]:
+    """``key`` (PSNR, temporal error) of each method family at ``speedup``: its settings' curve
+    interpolated by ``metric``; families whose settings do not span ``speedup`` are left out."""
+    out = {}
+    for family in dict.fromkeys(r["family"] for r in rows):
+        pts = sorted((r[metric], r[key]) for r in rows if r["family"] == family)
+        value = interpolate([p[0] for p in pts], [p[1] for p in pts], speedup)
+        if value is not None:
+            out[family] = value
+    return out
+
+
 def _frontier(points: list[tuple[float, float]], fidelity: float) -> float | None:
     """Best speedup of a curve at a fidelity of at least ``fidelity``: its points with PSNR >= it
     and the linear interpolation between consecutive points (by PSNR) that spans it."""
@@ -52,12 +70,7 @@ def acceptance(result: dict) -> dict:
             if at is None or at < r[metric] * (1 - TIE):
                 failures.append({"method": r["method"], "psnr_db": r["psnr_db"], "speedup": r[metric],
                                  "policy_speedup_at_that_psnr": at})
-        at_2x = {}
-        for family in dict.fromkeys(r["family"] for r in others):
-            pts = sorted((r[metric], r["psnr_db"]) for r in others if r["family"] == family)
-            value = interpolate([p[0] for p in pts], [p[1] for p in pts], 2.0)
-            if value is not None:
-                at_2x[family] = value
+        at_2x = by_family_at(others, metric, "psnr_db", 2.0)
         best_family = max(at_2x, key=at_2x.get) if at_2x else None
         best_psnr = at_2x.get(best_family)
         policy_speedup = _frontier(curve, best_psnr) if best_psnr is not None else None
@@ -74,18 +87,10 @@ def acceptance(result: dict) -> dict:
         }
         # the other view: at each of the policy's speedups, each method's PSNR (its curve interpolated;
         # methods whose settings do not span that speedup are left out)
-        at_policy = []
-        for r in ours:
-            psnrs = {}
-            for family in dict.fromkeys(o["family"] for o in others):
-                pts = sorted((o[metric], o["psnr_db"]) for o in others if o["family"] == family)
-                value = interpolate([p[0] for p in pts], [p[1] for p in pts], r[metric])
-                if value is not None:
-                    psnrs[family] = value
-            at_policy.append({"method": r["method"], "speedup": r[metric], "psnr_db": r["psnr_db"],
-                              "psnr_of_others_at_that_speedup": psnrs})
-        out[metric]["at_policy_speedups"] = at_policy
-        if all("temporal_error" in r for r in rows):
+        out[metric]["at_policy_speedups"] = [
+            {"method": r["method"], "speedup": r[metric], "psnr_db": r["psnr_db"],
+             "psnr_of_others_at_that_speedup": by_family_at(others, metric, "psnr_db", r[metric])} for r in ours]
+        if is_video(result):
             out[metric]["temporal_error_at_2.5x"] = temporal_at(ours, others, metric, 2.5)
     return out
 
@@ -94,18 +99,9 @@ def temporal_at(ours: list[dict], others: list[dict], metric: str, speedup: floa
     """Temporal error (frame-difference error vs full compute) of each method at ``speedup``: each
     method's settings interpolated by speedup (methods whose settings do not span it are left out);
     the best peer is the one with the lowest error there."""
-    def at(rows):
-        pts = sorted((r[metric], r["temporal_error"]) for r in rows)
-        return interpolate([p[0] for p in pts], [p[1] for p in pts], speedup)
-
-    peers = {}
-    for family in dict.fromkeys(r["family"] for r in others):
-        value = at([r for r in others if r["family"] == family])
-        if value is not None:
-            peers[family] = value
+    peers = by_family_at(others, metric, "temporal_error", speedup)
     best = min(peers, key=peers.get) if peers else None
-    policy = at(ours)
+    policy = by_family_at(ours, metric, "temporal_error", speedup).get(ours[0]["family"])
     return {"speedup": speedup, "policy": policy, "by_family": peers, "best_peer": best,
             "best_peer_temporal_error": peers.get(best),
             "policy_no_worse": None if policy is None or best is None else policy <= peers[best] * (1 + TIE)}
-

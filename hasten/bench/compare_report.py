@@ -12,15 +12,11 @@ from __future__ import annotations
 
 import os
 
+from hasten.bench.compare_acceptance import is_video
 from hasten.io import fmt_optional as _fmt
 
 SECTION_TITLE = "## hasten compare: learned policy vs training-free accelerators"
 VIDEO_SECTION_TITLE = "## hasten compare on video (embedded:clips): learned policy vs training-free accelerators"
-
-
-def is_video(result: dict) -> bool:
-    """Clips (per-frame PSNR, temporal error) rather than images."""
-    return all("temporal_error" in r for r in result["methods"])
 
 
 def section_title(result: dict) -> str:

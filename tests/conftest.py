@@ -68,3 +68,19 @@ def tiny_reasoner(tiny_reasoner_dir):
     from hasten.models.reasoner import load_reasoner
 
     return load_reasoner(tiny_reasoner_dir, max_steps=6, max_think_tokens=60)
+
+
+def make_tiny_dllm(path: str, seed: int = 0) -> str:
+    """Export a randomly initialised tiny diffusion-LM folder (a 2-layer ModernBERT masked LM)."""
+    from hasten.tasks.unmasking import data
+    from hasten.tasks.unmasking.model import build_denoiser, save_dllm
+
+    torch.manual_seed(seed)
+    tok = data.tokenizer()
+    model = build_denoiser(32, 2, 2, 64, tok).eval()
+    return save_dllm(path, model, tok, name="tiny-dllm")
+
+
+@pytest.fixture(scope="session")
+def tiny_dllm_dir(tmp_path_factory):
+    return make_tiny_dllm(str(tmp_path_factory.mktemp("dllm") / "tiny"))

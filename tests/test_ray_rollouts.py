@@ -246,3 +246,20 @@ def test_rollouts_bench_cli_writes_json_and_table(tiny_generator_dir, tmp_path):
     assert "| ray | 1 | 1 |" in (tmp_path / "bench.md").read_text()
     bad = run_cli("rollouts", "bench", str(exp), "--workers", "0")
     assert bad.returncode == 2 and "expected positive integers" in bad.stderr
+
+
+def test_the_unmasking_env_runs_on_ray_workers(ray_cluster, tiny_dllm_dir, tmp_path):
+    """hasten/Unmasking-v0 (a plug-in task) on 2 actors: the in-process pool's trajectories and head."""
+    overrides = [f"generator={tiny_dllm_dir}", "train_pairs=8", "logging.progress=false", "rollouts.threads=1",
+                 "grpo.iterations=2", "grpo.groups_per_iteration=4", "grpo.group_size=2"]
+    path = "experiments/dllm_budgets.yaml"
+    ref_trainer, expected, _ = _train(load_experiment(path, overrides), str(tmp_path / "inprocess"))
+    trainer, got, metrics = _train(load_experiment(path, [*overrides, "rollouts.backend=ray", "rollouts.num_workers=2"]),
+                                   str(tmp_path / "ray"))
+    for e, g in zip(expected, got):
+        _assert_same_trajectories(e, g)
+        np.testing.assert_array_equal(g.extra["calls"], e.extra["calls"])
+        assert len({part["pid"] for part in g.extra["parts"]}) == 2
+    for key, value in ref_trainer.policy.state_dict().items():
+        torch.testing.assert_close(trainer.policy.state_dict()[key], value, atol=1e-4, rtol=1e-4)
+    assert metrics[-1]["perf/workers"] == 2 and 0 <= metrics[-1]["charts/accuracy"] <= 1

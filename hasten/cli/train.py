@@ -28,7 +28,7 @@ def cmd_train(args) -> int:
     print(f"run folder: {run_dir}  (tensorboard --logdir {os.path.join(run_dir, 'tb')})")
     policy_dir = trainer.train(resume=bool(args.resume))
     print(f"policy saved to {policy_dir}")
-    print(f"next: hasten policy eval {policy_dir} --n 256   |   hasten sample --policy {policy_dir} --out side.png")
+    print(f"next: {trainer.task.next_steps(policy_dir)}")
     return 0
 
 

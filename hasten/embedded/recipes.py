@@ -11,8 +11,10 @@ from hasten.errors import HastenError
 def generator_recipes() -> dict:
     from hasten.embedded.clips.recipe import ClipsGeneratorConfig, train_generator as train_clips
     from hasten.embedded.shapes.recipe import GeneratorTrainConfig, train_generator as train_shapes
+    from hasten.tasks.unmasking.recipe import DLLMRecipe, train_dllm
 
-    return {"shapes": (GeneratorTrainConfig, train_shapes), "clips": (ClipsGeneratorConfig, train_clips)}
+    return {"shapes": (GeneratorTrainConfig, train_shapes), "clips": (ClipsGeneratorConfig, train_clips),
+            "dllm": (DLLMRecipe, train_dllm)}
 
 
 def classifier_recipes() -> dict:

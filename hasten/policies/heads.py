@@ -22,16 +22,15 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from torch import nn
 from torch.distributions import Categorical
 
 from hasten.errors import HastenError
-from hasten.models.rows import OBSERVATION
-from hasten.knobs.cost import time_spent
-from hasten.knobs import FORECAST_SPACES, KNOBS
 from hasten.io import atomic_directory, read_json, read_safetensors
+from hasten.knobs import FORECAST_SPACES, KNOBS
+from hasten.knobs.cost import time_spent
+from hasten.models.rows import OBSERVATION
 
 CONFIG_NAME = "policy_config.json"
 WEIGHTS_NAME = "policy.safetensors"
@@ -75,8 +74,13 @@ class PolicyConfig:
         if self.cost_unit == "time" and (len(self.time_table) != 3 or any(len(r) != 3 for r in self.time_table)):
             raise ValueError(f"time_table={self.time_table}: cost_unit 'time' needs 3 x 3 time fractions "
                              "(cache level x sparse level)")
-        # a denoising or a reasoning policy: the experiment's generator decides which knobs it gets
-        known = {**DIT_KNOBS, **REASONING_KNOBS, **self.knobs}
+        # a denoising, reasoning or plug-in task's policy: the experiment's generator decides which knobs it gets
+        from hasten.tasks.registry import (
+            TASKS,  # (the registry imports nothing of hasten's policies)
+        )
+
+        known = {**DIT_KNOBS, **REASONING_KNOBS, **{k: v for task in TASKS.values() for k, v in task.knobs.items()},
+                 **self.knobs}
         for section in (self.allowed_levels, self.init_probs):
             unknown = sorted(set(section) - set(known))
             if unknown:
@@ -94,7 +98,7 @@ class PolicyConfig:
                 raise ValueError(f"init_probs.{name}={probs}: expected {len(knob_levels)} non-negative numbers "
                                  f"with a positive sum{also}")
 
-    def covering_allowed_levels(self) -> "PolicyConfig":
+    def covering_allowed_levels(self) -> PolicyConfig:
         """A copy whose heads cover each knob's levels only up to the highest it may use (what the
         trainer builds): levels added to a knob later (step_skip 3, 5, 7) give no outputs to a
         policy that may not use them, so its shape and random start stay what they were."""
@@ -238,7 +242,7 @@ class Policy(nn.Module):
                 json.dump(dataclasses.asdict(self.config), f, indent=2)
 
     @classmethod
-    def from_pretrained(cls, path: str) -> "Policy":
+    def from_pretrained(cls, path: str) -> Policy:
         """Load a policy folder, or a shipped policy by name (``embedded:shapes-budgets``,
         ``hasten policy list``); errors name the file and what was expected."""
         from hasten.config import from_dict
@@ -250,7 +254,9 @@ class Policy(nn.Module):
                               f"and {WEIGHTS_NAME}, written by `hasten train`)")
         config_file = os.path.join(path, CONFIG_NAME)
         config = from_dict(PolicyConfig, read_json(config_file), source=config_file)
-        from hasten.tasks import task_of_policy  # (hasten.tasks builds policies of this module)
+        from hasten.tasks import (
+            task_of_policy,  # (hasten.tasks builds policies of this module)
+        )
 
         cls = task_of_policy(config, where=config_file).policy_class(config, where=config_file)
         policy = cls(config)

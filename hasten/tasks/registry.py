@@ -16,7 +16,7 @@ A new process type is one module that subclasses :class:`Task` and registers an 
 
 Example:
     >>> sorted(TASKS)
-    ['denoising', 'reasoning']
+    ['denoising', 'reasoning', 'unmasking']
     >>> get_task("denoising").env_ids
     ('hasten/Denoising-v0',)
 """
@@ -32,7 +32,7 @@ import numpy as np
 from hasten.errors import HastenError
 
 #: name -> the registered :class:`Task` instance
-TASKS: dict[str, "Task"] = {}
+TASKS: dict[str, Task] = {}
 
 
 @dataclass
@@ -71,6 +71,7 @@ class Task(ABC):
     report_schedule_label: str = "quarter of the schedule"
     report_step_label: str = "step of the schedule"
     report_knobs: tuple[str, ...] = ()  # knobs whose decision heatmaps ``hasten report`` draws
+    knobs: dict = {}  # knob -> levels of a plug-in task's heads (what an experiment's policy section may name)
 
     # ------------------------------------------------------------------------- the model
     def claims(self, model: str) -> bool:
@@ -105,6 +106,10 @@ class Task(ABC):
     def progress(self, metrics: dict) -> dict:
         """The progress bar's postfix of one iteration."""
         return {"reward": f"{metrics['charts/reward']:.3f}"}
+
+    def next_steps(self, policy_dir: str) -> str:
+        """What ``hasten train`` suggests running after it saved ``policy_dir``."""
+        return f"hasten policy eval {policy_dir} --n 256   |   hasten sample --policy {policy_dir} --out side.png"
 
     def log_samples(self, trainer, iteration: int) -> None:
         """Write what the greedy policy makes of a few training pairs to ``trainer.writer``."""
@@ -219,7 +224,9 @@ def accelerate(pipe_or_model, policy, budget: float | None = None, *, greedy: bo
     if not isinstance(policy, Policy):
         raise HastenError(f"hasten.accelerate: expected a hasten Policy (Policy.from_pretrained(path)); "
                           f"got {type(policy).__name__}")
-    for candidate in TASKS.values():
+    # the task that owns the policy first (its plug-in names what is wrong with the target), then by the target
+    owners = [task for task in TASKS.values() if task.owns_policy(policy.config)]
+    for candidate in owners + [task for task in TASKS.values() if task not in owners]:
         if candidate.accepts(pipe_or_model, policy):
             return candidate.accelerate(pipe_or_model, policy, budget, greedy=greedy, seed=seed, seeds=seeds,
                                         **options)

@@ -155,11 +155,11 @@ class CharTokenizer(_tokenizer_base()):
     vocab_files_names = {"vocab_file": "vocab.json"}
     model_input_names = ["input_ids", "attention_mask"]
 
-    def __init__(self, vocab_file: str | None = None, **kwargs):
+    def __init__(self, vocab_file: str | None = None, tokens: list[str] | None = None, **kwargs):
         if vocab_file is not None:
             with open(vocab_file) as f:
                 tokens = json.load(f)["tokens"]
-        else:
+        elif tokens is None:
             tokens = list(SPECIALS) + list(CHARS)
         self._tokens = list(tokens)
         self._ids = {t: i for i, t in enumerate(self._tokens)}

@@ -70,17 +70,25 @@ def tiny_reasoner(tiny_reasoner_dir):
     return load_reasoner(tiny_reasoner_dir, max_steps=6, max_think_tokens=60)
 
 
-def make_tiny_dllm(path: str, seed: int = 0) -> str:
-    """Export a randomly initialised tiny diffusion-LM folder (a 2-layer ModernBERT masked LM)."""
+def make_tiny_dllm(path: str, seed: int = 0, kind: str = "modernbert") -> str:
+    """Export a randomly initialised tiny diffusion-LM folder: a 2-layer ModernBERT masked LM, or
+    (``kind="llama"``) a 2-layer Llama run with full attention, its logits predicting the next position."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
     from hasten.tasks.unmasking import data
     from hasten.tasks.unmasking.model import build_denoiser, save_dllm
 
     torch.manual_seed(seed)
     tok = data.tokenizer()
-    model = build_denoiser(32, 2, 2, 64, tok).eval()
-    return save_dllm(path, model, tok, name="tiny-dllm")
+    if kind == "llama":
+        model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                             max_position_embeddings=128, tie_word_embeddings=True))
+    else:
+        model = build_denoiser(32, 2, 2, 64, tok)
+    return save_dllm(path, model.eval(), tok, name=f"tiny-dllm-{kind}")
 
 
-@pytest.fixture(scope="session")
-def tiny_dllm_dir(tmp_path_factory):
-    return make_tiny_dllm(str(tmp_path_factory.mktemp("dllm") / "tiny"))
+@pytest.fixture(scope="session", params=["modernbert", "llama"])
+def tiny_dllm_dir(request, tmp_path_factory):
+    return make_tiny_dllm(str(tmp_path_factory.mktemp("dllm") / request.param), kind=request.param)

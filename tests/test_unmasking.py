@@ -42,7 +42,7 @@ def test_the_dkv_forward_is_the_models_own_and_recomputes_only_the_active_positi
     tok = lm.tokenizer
     ids, _ = data.training_batch(tok, np.random.default_rng(0), 3)
     with torch.no_grad():
-        reference = lm.model(input_ids=ids).logits
+        reference = lm.denoiser.reference_logits(ids)  # the model's own forward, full attention
     logits, cache = lm.full(ids)
     torch.testing.assert_close(logits, reference, atol=1e-5, rtol=1e-5)
     active = torch.tensor([[30, 40, 50]] * 3)
@@ -64,7 +64,7 @@ def test_the_full_schedule_reproduces_its_reference_decode(lm):
         ids = lm.start([problem])[0]
         for _ in range(lm.canvas):
             with torch.no_grad():
-                logits = lm.model(input_ids=ids[None]).logits[0, lm.prompt_width:].float()
+                logits = lm.canvas_logits(lm.denoiser.reference_logits(ids[None]))[0].float()
             logits[:, lm.mask_id] = -float("inf")
             conf, pred = logits.softmax(-1).max(-1)
             masked = ids[lm.prompt_width:] == lm.mask_id
@@ -122,9 +122,10 @@ def test_the_unmasking_env_passes_check_env_and_rewards_right_answers_and_budget
         obs, reward, terminated, truncated, info = venv.step(np.tile([7, 0], (4, 1)))  # commit all at once
         total += reward
     batch = venv.unwrapped.episode_batch()
-    assert (batch["extra"]["calls"] == 1).all() and np.allclose(batch["cost_fraction"], 1 / 64)
+    canvas = venv.unwrapped.lm.canvas
+    assert (batch["extra"]["calls"] == 1).all() and np.allclose(batch["cost_fraction"], 1 / canvas)
     # the default reward: correctness - 0.5 x (0.2 x shortfall) / budget
-    expected = batch["extra"]["correct"] - 0.5 * 0.2 * (0.2 - 1 / 64) / 0.2
+    expected = batch["extra"]["correct"] - 0.5 * 0.2 * (0.2 - 1 / canvas) / 0.2
     np.testing.assert_allclose(total, expected)
     with pytest.raises(HastenError, match="expected per row"):
         venv.reset()
@@ -221,13 +222,29 @@ def test_hasten_compare_task_unmasking_writes_json_table_plot_and_section(tmp_pa
     methods = {r["method"] for r in result["methods"]}
     assert methods == {"full", "fixed-k", "fast-dllm", "entropy-bound", "dkv", "random", "policy"}
     full = result["methods"][0]
-    assert full["calls"] == 64 and full["speedup_wall_batch1"] == 1.0
+    assert full["calls"] == lm.canvas and full["speedup_wall_batch1"] == 1.0
     k4 = next(r for r in result["methods"] if r["setting"] == "k=4")
-    assert k4["calls"] == 16
+    assert k4["calls"] == lm.canvas / 4
     dkv = next(r for r in result["methods"] if r["method"] == "dkv")
-    assert dkv["calls"] == 64 and dkv["flops_fraction"] < 0.9
+    assert dkv["calls"] == lm.canvas and dkv["flops_fraction"] < 0.9
     a = result["acceptance"]
     assert a["peer_points"] == 6 + 7 + 5 + 3 and a["matched_in_calls"] + len(a["missed_in_calls"]) == a["peer_points"]
     text = bench.read_text()
     assert "kept" in text and "## hasten compare on diffusion LMs" in text and (tmp_path / "p.png").stat().st_size
     assert main(["compare", "--task", "unmasking", "--from-json", str(out), "--quiet"]) == 0
+
+
+def test_embedded_dllm_ships_with_its_recipe_and_full_schedule_accuracy():
+    from hasten.config import from_dict, load_document
+    from hasten.tasks.unmasking.recipe import DLLMRecipe
+
+    lm = load_dllm("embedded:dllm")
+    assert lm.name == "embedded:dllm" and lm.shift == 1 and lm.canvas == data.CANVAS
+    recipe = from_dict(DLLMRecipe, load_document("experiments/dllm_generator.yaml"), source="recipe")
+    shipped = lm.meta["recipe"]
+    assert {k: shipped[k] for k in ("denoiser", "steps", "lr", "max_minutes", "seed")} == \
+        {"denoiser": recipe.denoiser, "steps": recipe.steps, "lr": recipe.lr, "max_minutes": recipe.max_minutes,
+         "seed": recipe.seed}
+    assert lm.meta["training"]["full_schedule"]["accuracy"] >= 0.9
+    problems = lm.problems([1, 2], [0, 1])
+    assert lm.generate(problems)["answers"] == [p.answer for p in problems]

@@ -33,6 +33,8 @@ def cmd_compare(args) -> int:
     from hasten.tasks import get_task
 
     task = get_task(args.task)
+    if args.budgets is None:
+        args.budgets = task.default_budgets
     set_threads(args.threads)
     result = task.compare(args)
     if not args.from_json:  # an earlier run's JSON keeps its own policy and command
@@ -88,9 +90,10 @@ def add_parser(sub) -> None:
                          "prompts_file=PATH, resolution=512, device=cuda (default: the policy's own)")
     cp.add_argument("--policy", help="learned policy folder or shipped name, e.g. embedded:shapes-budgets or "
                                      "runs/budgets/policy (without it: no policy and no random policy)")
-    cp.add_argument("--budgets", default="0.5,0.35,0.25",
-                    help="comma-separated budgets of the learned policy, FLOPs fractions in (0, 1] "
-                         "(default: %(default)s)")
+    cp.add_argument("--budgets",
+                    help="comma-separated budgets of the learned policy, FLOPs fractions in (0, 1] (default: the "
+                         "task's: " + "; ".join(f"{name} {task.default_budgets}" for name, task in TASKS.items()
+                                                 if task.default_budgets) + ")")
     cp.add_argument("--n", type=positive_int, help="held-out pairs (default: 256); reasoning: problems per "
                                                     "difficulty (default: 64)")
     cp.add_argument("--seed", type=int, default=1_000_000, help="first held-out noise / problem seed "

@@ -34,6 +34,7 @@ class DenoisingTask(Task):
     env_ids = ("hasten/Denoising-v0",)
     default_model = "embedded:shapes"
     default_rewards = DEFAULT_REWARDS
+    default_budgets = "0.5,0.35,0.25"
     fallback = True
     report_panels = (("charts/reward", "reward (composite)"), ("charts/speedup_flops", "FLOPs speedup (x)"),
                      ("charts/fidelity_psnr", "PSNR to full compute (dB)"))

@@ -72,6 +72,7 @@ class Task(ABC):
     report_step_label: str = "step of the schedule"
     report_knobs: tuple[str, ...] = ()  # knobs whose decision heatmaps ``hasten report`` draws
     knobs: dict = {}  # knob -> levels of a plug-in task's heads (what an experiment's policy section may name)
+    default_budgets: str = ""  # ``hasten compare --budgets`` when not given
 
     # ------------------------------------------------------------------------- the model
     def claims(self, model: str) -> bool:

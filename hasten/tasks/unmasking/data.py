@@ -1,16 +1,20 @@
 """The canvas of ``embedded:dllm``: an ``embedded:arith`` problem as a masked-diffusion LM decodes it.
 
 A row is the prompt (``<bos>`` + the problem, left-padded to :data:`PROMPT_WIDTH`) followed by a canvas
-of :data:`CANVAS` positions that starts all ``<mask>`` and ends holding the completion: the compute
-lines of the chain (:meth:`~hasten.embedded.arith.data.Problem.chain_lines`, without the check phase),
-the answer line, then ``<eos>`` up to the end (as LLaDA fills a canvas)::
+of :data:`CANVAS` positions that starts all ``<mask>`` and ends holding the completion, then ``<eos>`` up
+to the end (as LLaDA fills a canvas). The completion is the computation of the chain, one line per
+operation, each partial value written once: the first line ``a+b=v1``, then ``+c=v2``, ``-d=v3``...; the
+answer is the last line's value::
 
-    <pad><pad><bos>Q21+543-76\\n | 21+543=753\\n753-76=092\\nA092\\n<eos><eos>...
+    <pad><pad><bos>Q21+543-76\n | 21+543=753\n-76=092\n<eos><eos>...
 
-Problems are ``embedded:arith``'s (:func:`~hasten.embedded.arith.data.make_problem`, same seeds), of
-1 to :data:`MAX_OPS` operations, so the longest completion (62 characters) fits the canvas. Training
-batches mask each canvas position with a probability ``t ~ U(0, 1)`` drawn per row (the masked-diffusion
-forward process); the denoiser learns the masked tokens given the prompt and the rest of the canvas.
+(``embedded:arith``'s chain repeats each value as the next line's first operand and again in the answer
+line; a masked denoiser trained on that learns to copy a value from where it is repeated instead of
+computing it, and then fails when every copy is still masked.) Problems are ``embedded:arith``'s
+(:func:`~hasten.embedded.arith.data.make_problem`, same seeds), of 1 to :data:`MAX_OPS` operations: the
+longest completion (43 characters) fits the canvas. Training batches mask each canvas position with a
+probability ``t ~ U(0, 1)`` drawn per row (the masked-diffusion forward process); the denoiser learns the
+masked tokens given the prompt and the rest of the canvas.
 """
 
 from __future__ import annotations
@@ -18,19 +22,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from hasten.embedded.arith.data import (
-    CHARS,
-    SPECIALS,
-    CharTokenizer,
-    Problem,
-    make_problem,
-    parse_answer,
-)
+from hasten.embedded.arith.data import CHARS, SPECIALS, CharTokenizer, Problem, make_problem, parse_answer
 from hasten.errors import HastenError
 
-MAX_OPS = 4  # operations per problem (embedded:arith goes to 6; 4 keeps the canvas at 64 positions)
+MAX_OPS = 4  # operations per problem (embedded:arith goes to 6; 4 keeps the canvas at 48 positions)
 PROMPT_WIDTH = 24  # <bos> + the longest prompt (21 characters), left-padded
-CANVAS = 64  # positions the denoiser fills
+CANVAS = 48  # positions the denoiser fills
 MASK = "<mask>"
 TOKENS = list(SPECIALS) + list(CHARS) + [MASK]
 
@@ -41,10 +38,16 @@ def tokenizer() -> CharTokenizer:
     return tok
 
 
+def _rev(n: int) -> str:
+    return str(int(n))[::-1]  # least-significant digit first, as embedded:arith writes numbers
+
+
 def completion_text(problem: Problem) -> str:
-    """The compute lines of ``problem``'s chain, then its answer line (what the canvas ends holding)."""
-    lines = problem.chain_lines()[:problem.difficulty]
-    return "".join(lines) + problem.answer_line()
+    """``problem``'s computation, one line per operation, each partial value once (what the canvas ends holding)."""
+    values = [problem.operands[0]] + problem.partials()
+    lines = [f"{_rev(values[0])}{problem.ops[0]}{_rev(problem.operands[1])}={_rev(values[1])}\n"]
+    lines += [f"{op}{_rev(x)}={_rev(v)}\n" for op, x, v in zip(problem.ops[1:], problem.operands[2:], values[2:])]
+    return "".join(lines)
 
 
 def problems(conditions, seeds) -> list[Problem]:
@@ -82,12 +85,12 @@ def target_ids(tok: CharTokenizer, batch: list[Problem]) -> torch.Tensor:
 
 
 def canvas_answer(tok: CharTokenizer, canvas: torch.Tensor) -> list[int | None]:
-    """The answer of each decoded canvas row: the digits after its first answer prefix, None when absent."""
+    """The answer of each decoded canvas row: the value of its last line before ``<eos>``, None when it has none."""
     answers = []
     for row in canvas.tolist():
-        text = "".join(tok.convert_ids_to_tokens(row))
-        at = text.find("A")
-        answers.append(None if at < 0 else parse_answer(text[at + 1:at + 8]))
+        text = "".join(t for t in tok.convert_ids_to_tokens(row)).split("<eos>")[0]
+        lines = [line for line in text.split("\n") if line]
+        answers.append(parse_answer(lines[-1].rsplit("=", 1)[-1]) if lines and "=" in lines[-1] else None)
     return answers
 
 

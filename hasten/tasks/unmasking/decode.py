@@ -104,16 +104,20 @@ class CanvasDecoder:
             logits, cache = lm.full(self.ids[rows])
             if self.cache is None:
                 self.cache = cache
-                self.logits = logits[:, p:].clone()
+                self.logits = lm.canvas_logits(logits).clone()
             else:
                 self.cache.put_rows(rows, cache)
-                self.logits[rows] = logits[:, p:]
+                self.logits[rows] = lm.canvas_logits(logits)
             self.fresh[rows] = True
             self.flops[full_rows] += lm.call_flops(n_pos)
             self.since_refresh[full_rows] = 0
         if reuse_rows.any():
             rows = torch.from_numpy(np.flatnonzero(reuse_rows)).to(self.ids.device)
-            need = self.masked[rows] | ~self.fresh[rows]
+            # recompute the positions whose token changed since their keys were computed, and those whose
+            # output predicts a masked position (the masked ones, or the one before each with a shifted head)
+            need = ~self.fresh[rows] | self.masked[rows]
+            if lm.shift:
+                need[:, :-lm.shift] |= self.masked[rows][:, lm.shift:]
             counts = need.sum(dim=1)
             width = int(counts.max())
             # each row's active positions first (stable order), padded with its first active position
@@ -122,10 +126,12 @@ class CanvasDecoder:
             active = torch.where(pad, order[:, :1], order)
             logits, cache = lm.cached(self.ids[rows], active, self.cache.rows(rows))
             self.cache.put_rows(rows, cache)
-            # only canvas positions are ever active (the prompt's keys stay fresh); padding repeats a position
-            canvas_logits = self.logits[rows]
-            canvas_logits.scatter_(1, (active - p)[..., None].expand(-1, -1, logits.shape[-1]), logits)
-            self.logits[rows] = canvas_logits
+            # each active position's logits predict position + shift; those outside the canvas go to a spare column
+            target = active + lm.shift - p
+            target = torch.where((target >= 0) & (target < lm.canvas), target, torch.full_like(target, lm.canvas))
+            canvas_logits = torch.cat([self.logits[rows], self.logits[rows][:, :1]], dim=1)
+            canvas_logits.scatter_(1, target[..., None].expand(-1, -1, logits.shape[-1]), logits)
+            self.logits[rows] = canvas_logits[:, :lm.canvas]
             self.fresh[rows] |= need
             self.flops[reuse_rows] += counts.cpu().numpy() * lm.token_flops(n_pos)
             self.since_refresh[reuse_rows] += 1

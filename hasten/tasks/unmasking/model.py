@@ -1,10 +1,11 @@
-"""The frozen masked-diffusion LM of the unmasking task: a ``transformers.ModernBertForMaskedLM`` used as
-the denoiser of a canvas, with a dKV-cache forward.
+"""The frozen masked-diffusion LM of the unmasking task: a transformers model used as the denoiser of a
+canvas (a ``ModernBertForMaskedLM``, or a ``LlamaForCausalLM`` adapted from an AR LM and run with full
+attention, as Dream does), with a dKV-cache forward.
 
 :class:`DiffusionLM` holds the model and its tokenizer and runs one denoiser call two ways:
 
 - :meth:`DiffusionLM.full`: every position of the rows, the model's own computation (the same logits as
-  ``model(input_ids=...)``), keeping each layer's rotated keys and values;
+  its forward with full attention), keeping each layer's rotated keys and values;
 - :meth:`DiffusionLM.cached`: only the ``active`` positions (the masked ones and those committed since
   their keys were last computed), attending over the kept keys and values of all the others
   (dKV-Cache's delayed caching, Ma et al. 2025): the linear layers and the attention cost scale with the
@@ -13,7 +14,7 @@ the denoiser of a canvas, with a dKV-cache forward.
 A diffusion-LM folder (what the recipe exports, :func:`save_dllm`) holds::
 
     hasten_dllm.json   name, family, canvas layout, the recipe and its training summary
-    model/             ModernBertForMaskedLM.save_pretrained (safetensors + config.json)
+    model/             the denoiser's save_pretrained (safetensors + config.json)
     tokenizer/         vocab.json
 """
 
@@ -62,22 +63,113 @@ class KVCache:
             mine[index] = theirs
 
 
+class ModernBertDenoiser:
+    """A ``ModernBertForMaskedLM``: the logits at a position predict its own token."""
+
+    shift = 0
+
+    def __init__(self, model):
+        self.model, self.base = model, model.model
+
+    def layers(self):
+        return self.base.layers
+
+    def embed(self, ids):
+        return self.base.embeddings.norm(self.base.embeddings.tok_embeddings(ids))
+
+    def rotary(self, hidden, positions):
+        return self.base.rotary_emb(hidden, positions, "full_attention")
+
+    def qkv(self, layer, hidden, heads, head_dim):
+        b, a, _ = hidden.shape
+        qkv = layer.attn.Wqkv(layer.attn_norm(hidden)).view(b, a, 3, heads, head_dim)
+        return tuple(t.transpose(1, 2) for t in qkv.unbind(dim=2))
+
+    def attn_out(self, layer, out):
+        return layer.attn.Wo(out)
+
+    def mlp(self, layer, hidden):
+        return layer.mlp(layer.mlp_norm(hidden))
+
+    def logits(self, hidden):
+        return self.model.decoder(self.model.head(self.base.final_norm(hidden)))
+
+    def reference_logits(self, ids):
+        """The model's own forward (what :meth:`DiffusionLM.full` reproduces)."""
+        return self.model(input_ids=ids).logits
+
+
+class LlamaDenoiser:
+    """A ``LlamaForCausalLM`` run with full (bidirectional) attention as a masked-diffusion denoiser, its
+    logits at a position predicting the next token (Dream's and DiffuLLaMA's adaptation of an AR LM)."""
+
+    shift = 1
+
+    def __init__(self, model):
+        self.model, self.base = model, model.model
+        config = model.config
+        self.kv_repeat = config.num_attention_heads // config.num_key_value_heads
+
+    def layers(self):
+        return self.base.layers
+
+    def embed(self, ids):
+        return self.base.embed_tokens(ids)
+
+    def rotary(self, hidden, positions):
+        return self.base.rotary_emb(hidden, positions)
+
+    def qkv(self, layer, hidden, heads, head_dim):
+        b, a, _ = hidden.shape
+        x = layer.input_layernorm(hidden)
+        att = layer.self_attn
+        q = att.q_proj(x).view(b, a, -1, head_dim).transpose(1, 2)
+        k = att.k_proj(x).view(b, a, -1, head_dim).transpose(1, 2).repeat_interleave(self.kv_repeat, dim=1)
+        v = att.v_proj(x).view(b, a, -1, head_dim).transpose(1, 2).repeat_interleave(self.kv_repeat, dim=1)
+        return q, k, v
+
+    def attn_out(self, layer, out):
+        return layer.self_attn.o_proj(out)
+
+    def mlp(self, layer, hidden):
+        return layer.mlp(layer.post_attention_layernorm(hidden))
+
+    def logits(self, hidden):
+        return self.model.lm_head(self.base.norm(hidden))
+
+    def reference_logits(self, ids):
+        full = torch.ones(ids.shape[0], 1, ids.shape[1], ids.shape[1], dtype=torch.bool, device=ids.device)
+        return self.model(input_ids=ids, attention_mask=full).logits
+
+
+#: model_type -> the denoiser adapter of that transformers architecture
+DENOISERS = {"modernbert": ModernBertDenoiser, "llama": LlamaDenoiser}
+
+
+def denoiser_of(model):
+    kind = getattr(model.config, "model_type", type(model).__name__)
+    if kind not in DENOISERS:
+        raise HastenError(f"a diffusion LM's denoiser is one of {', '.join(sorted(DENOISERS))} "
+                          f"(transformers model_type); got {kind!r} ({type(model).__name__})")
+    return DENOISERS[kind](model)
+
+
 class DiffusionLM:
     """A frozen masked-diffusion LM over ``embedded:arith``'s problems (:mod:`hasten.tasks.unmasking.data`).
 
     Attributes:
-        model: the ``ModernBertForMaskedLM`` (eval mode, no gradients).
+        model: the transformers denoiser (eval mode, no gradients): a ``ModernBertForMaskedLM``, or a
+            ``LlamaForCausalLM`` run bidirectionally (:data:`DENOISERS`).
         tokenizer: the character tokenizer with ``<mask>``.
         meta: the folder's ``hasten_dllm.json``.
+        shift: 1 where the logits at position i predict token i + 1 (an adapted AR LM), else 0.
     """
 
     family = FAMILY
 
     def __init__(self, model, tokenizer, meta: dict):
-        from transformers import ModernBertForMaskedLM
-
-        if not isinstance(model, ModernBertForMaskedLM):
-            raise HastenError(f"a diffusion LM needs a ModernBertForMaskedLM denoiser; got {type(model).__name__}")
+        self.denoiser = denoiser_of(model)
+        self.shift = self.denoiser.shift
         self.model = model.eval().requires_grad_(False)
         self.tokenizer = tokenizer
         self.meta = dict(meta)
@@ -102,10 +194,8 @@ class DiffusionLM:
     # ------------------------------------------------------------------------- cost
     def token_flops(self, keys: int) -> float:
         """Multiply-add FLOPs (x2) of one query position through the denoiser, attending over ``keys`` positions."""
-        c = self.model.config
-        d, inner = c.hidden_size, c.intermediate_size
-        per_layer = 2 * d * 3 * d + 2 * d * d + 2 * d * 2 * inner + 2 * inner * d + 2 * 2 * keys * d
-        return self.layers * per_layer + 2 * d * d + 2 * d * c.vocab_size
+        linear = sum(m.weight.numel() for m in self.model.modules() if isinstance(m, torch.nn.Linear))
+        return 2 * linear + self.layers * 2 * 2 * keys * self.hidden_size  # + QK^T and AV
 
     def call_flops(self, active: int) -> float:
         """FLOPs of one denoiser call that computes ``active`` positions of a row (all: :attr:`length`)."""
@@ -117,61 +207,52 @@ class DiffusionLM:
         return self.canvas * self.call_flops(self.length)
 
     # ------------------------------------------------------------------------- the denoiser
-    def _embed(self, ids: torch.Tensor) -> torch.Tensor:
-        emb = self.model.model.embeddings
-        return emb.norm(emb.tok_embeddings(ids))
-
-    def _rotary(self, hidden: torch.Tensor, positions: torch.Tensor):
-        return self.model.model.rotary_emb(hidden, positions, "full_attention")
-
     def _attend(self, layer, hidden, cos, sin, keys=None, values=None, index=None):
-        """One attention block on ``hidden`` (B, A, d); with ``keys``/``values`` (B, h, T, hd) the block's own
-        keys and values are written at ``index`` (B, A) into copies of them and the queries attend over all."""
-        from transformers.models.modernbert.modeling_modernbert import (
-            apply_rotary_pos_emb,
-        )
+        """One block on ``hidden`` (B, A, d); with ``keys``/``values`` (B, h, T, hd) the block's own keys and
+        values are written at ``index`` (B, A) into copies of them and the queries attend over all."""
+        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
         b, a, _ = hidden.shape
-        qkv = layer.attn.Wqkv(layer.attn_norm(hidden)).view(b, a, 3, self.heads, self.head_dim)
-        q, k, v = (t.transpose(1, 2) for t in qkv.unbind(dim=2))
+        q, k, v = self.denoiser.qkv(layer, hidden, self.heads, self.head_dim)
         q, k = apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1)
         if keys is not None:
             gather = index[:, None, :, None].expand(-1, self.heads, -1, self.head_dim)
             k = keys.scatter(2, gather, k)
             v = values.scatter(2, gather, v)
         out = F.scaled_dot_product_attention(q, k, v, scale=self.head_dim ** -0.5)
-        hidden = hidden + layer.attn.Wo(out.transpose(1, 2).reshape(b, a, -1))
-        return hidden + layer.mlp(layer.mlp_norm(hidden)), k, v
-
-    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        m = self.model
-        return m.decoder(m.head(m.model.final_norm(hidden)))
+        hidden = hidden + self.denoiser.attn_out(layer, out.transpose(1, 2).reshape(b, a, -1))
+        return hidden + self.denoiser.mlp(layer, hidden), k, v
 
     @torch.no_grad()
     def full(self, ids: torch.Tensor) -> tuple[torch.Tensor, KVCache]:
         """(logits (B, T, V), the keys and values of every position) of one denoiser call on ``ids`` (B, T)."""
-        hidden = self._embed(ids)
+        hidden = self.denoiser.embed(ids)
         positions = torch.arange(ids.shape[1], device=ids.device).expand(ids.shape[0], -1)
-        cos, sin = self._rotary(hidden, positions)
+        cos, sin = self.denoiser.rotary(hidden, positions)
         keys, values = [], []
-        for layer in self.model.model.layers:
+        for layer in self.denoiser.layers():
             hidden, k, v = self._attend(layer, hidden, cos, sin)
             keys.append(k)
             values.append(v)
-        return self._logits(hidden), KVCache(keys, values)
+        return self.denoiser.logits(hidden), KVCache(keys, values)
 
     @torch.no_grad()
     def cached(self, ids: torch.Tensor, active: torch.Tensor, cache: KVCache) -> tuple[torch.Tensor, KVCache]:
         """(logits (B, A, V) at the ``active`` positions (B, A), the cache with their keys and values updated)
         of one denoiser call that recomputes only those positions of ``ids`` and reuses ``cache`` for the rest."""
-        hidden = self._embed(ids.gather(1, active))
-        cos, sin = self._rotary(hidden, active)
+        hidden = self.denoiser.embed(ids.gather(1, active))
+        cos, sin = self.denoiser.rotary(hidden, active)
         keys, values = [], []
-        for layer, k_all, v_all in zip(self.model.model.layers, cache.keys, cache.values):
+        for layer, k_all, v_all in zip(self.denoiser.layers(), cache.keys, cache.values):
             hidden, k, v = self._attend(layer, hidden, cos, sin, k_all, v_all, active)
             keys.append(k)
             values.append(v)
-        return self._logits(hidden), KVCache(keys, values)
+        return self.denoiser.logits(hidden), KVCache(keys, values)
+
+    def canvas_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """The predictions of the canvas positions from a full call's logits (B, T, V)."""
+        start = self.prompt_width - self.shift
+        return logits[:, start:start + self.canvas]
 
     # ------------------------------------------------------------------------- problems
     def problems(self, conditions, seeds):
@@ -241,7 +322,7 @@ def save_dllm(out: str, model, tokenizer, **meta) -> str:
 
 def load_dllm(name_or_path, device: str | None = None) -> DiffusionLM:
     """``embedded:dllm`` or a diffusion-LM folder -> a frozen :class:`DiffusionLM`."""
-    from transformers import AutoConfig, ModernBertForMaskedLM
+    from transformers import AutoConfig, LlamaForCausalLM, ModernBertForMaskedLM
 
     from hasten.embedded.arith.data import CharTokenizer
 
@@ -250,10 +331,11 @@ def load_dllm(name_or_path, device: str | None = None) -> DiffusionLM:
     path = resolve_model_folder(name_or_path, EMBEDDED_DLLMS, META, "diffusion LM", RECIPE)
     meta = read_json(os.path.join(path, META))
     config = AutoConfig.from_pretrained(os.path.join(path, "model"))
-    if config.model_type != "modernbert":
-        raise HastenError(f"{path}/model: a {config.model_type!r} model; a diffusion LM here is a ModernBERT "
-                          "masked LM")
-    model = ModernBertForMaskedLM.from_pretrained(os.path.join(path, "model"), attn_implementation="sdpa")
+    classes = {"modernbert": ModernBertForMaskedLM, "llama": LlamaForCausalLM}
+    if config.model_type not in classes:
+        raise HastenError(f"{path}/model: a {config.model_type!r} model; a diffusion LM's denoiser here is one of "
+                          f"{', '.join(sorted(classes))}")
+    model = classes[config.model_type].from_pretrained(os.path.join(path, "model"), attn_implementation="sdpa")
     tokenizer = CharTokenizer(vocab_file=os.path.join(path, "tokenizer", "vocab.json"), mask_token=data.MASK)
     if name_or_path.startswith("embedded:"):
         meta.setdefault("name", name_or_path)

@@ -26,7 +26,7 @@ from hasten.checkpoint import (
 )
 from hasten.embedded.schedule import lr_factor, run_progress
 from hasten.tasks.unmasking import data
-from hasten.tasks.unmasking.model import build_denoiser, load_dllm, save_dllm
+from hasten.tasks.unmasking.model import build_denoiser, denoiser_of, load_dllm, save_dllm
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +36,10 @@ class DLLMRecipe:
     """Architecture and optimisation of the embedded diffusion LM (``recipe: dllm``)."""
 
     recipe: str = "dllm"
-    hidden: int = 128  # model width
+    #: "modernbert": a fresh ModernBertForMaskedLM of the sizes below; "arith-llama": embedded:arith's Llama
+    #: (its weights, a <mask> embedding added) adapted to masked diffusion with full attention, as Dream adapts Qwen
+    denoiser: str = "modernbert"
+    hidden: int = 128  # model width (modernbert)
     layers: int = 4  # encoder layers (global attention)
     heads: int = 4
     intermediate: int = 256  # GLU width
@@ -59,6 +62,32 @@ class DLLMRecipe:
             raise ValueError(f"hidden={self.hidden} is not a multiple of heads={self.heads}")
         if self.lr <= 0:
             raise ValueError(f"lr={self.lr}: expected a positive learning rate")
+        if self.denoiser not in ("modernbert", "arith-llama"):
+            raise ValueError(f"denoiser={self.denoiser!r}: expected 'modernbert' or 'arith-llama'")
+
+
+def initial_denoiser(recipe: DLLMRecipe, tok):
+    """The denoiser the recipe starts from (see :attr:`DLLMRecipe.denoiser`)."""
+    if recipe.denoiser == "modernbert":
+        return build_denoiser(recipe.hidden, recipe.layers, recipe.heads, recipe.intermediate, tok)
+    from hasten.models.reasoner import load_reasoner
+
+    model = load_reasoner("embedded:arith").model
+    model.requires_grad_(True).train()
+    embeddings = model.get_input_embeddings().weight.data
+    model.resize_token_embeddings(len(tok), mean_resizing=False)
+    with torch.no_grad():  # <mask> starts as the mean embedding (its id is the new last one)
+        model.get_input_embeddings().weight[tok.mask_token_id] = embeddings.mean(dim=0)
+    return model
+
+
+def masked_loss(adapter, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the denoiser's canvas predictions (its own forward, full attention) at the masked positions."""
+    logits = adapter.reference_logits(ids)
+    start = data.PROMPT_WIDTH - adapter.shift
+    pred = logits[:, start:start + data.CANVAS]
+    target = labels[:, data.PROMPT_WIDTH:]
+    return torch.nn.functional.cross_entropy(pred.reshape(-1, pred.shape[-1]), target.reshape(-1), ignore_index=-100)
 
 
 def train_dllm(recipe: DLLMRecipe, run_dir: str, resume: bool = False, progress: bool = True) -> str:
@@ -67,7 +96,8 @@ def train_dllm(recipe: DLLMRecipe, run_dir: str, resume: bool = False, progress:
         torch.set_num_threads(recipe.threads)
     torch.manual_seed(recipe.seed)
     tok = data.tokenizer()
-    model = build_denoiser(recipe.hidden, recipe.layers, recipe.heads, recipe.intermediate, tok)
+    model = initial_denoiser(recipe, tok)
+    adapter = denoiser_of(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay,
                                   betas=(0.9, 0.98))
     rng = np.random.default_rng(recipe.seed)
@@ -89,7 +119,7 @@ def train_dllm(recipe: DLLMRecipe, run_dir: str, resume: bool = False, progress:
     model.train()
     while step < recipe.steps:
         ids, labels = data.training_batch(tok, rng, recipe.batch_size)
-        loss = model(input_ids=ids, labels=labels).loss
+        loss = masked_loss(adapter, ids, labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -35,6 +35,7 @@ class UnmaskingTask(Task):
     report_step_label = "denoiser call"
     report_knobs = tuple(KNOBS)
     knobs = KNOBS
+    default_budgets = "0.2,0.1,0.05"
 
     # ------------------------------------------------------------------------- the model
     def claims(self, model: str) -> bool:

@@ -35,7 +35,7 @@ class UnmaskingTask(Task):
     report_step_label = "denoiser call"
     report_knobs = tuple(KNOBS)
     knobs = KNOBS
-    default_budgets = "0.2,0.1,0.05"
+    default_budgets = "0.3,0.2,0.15,0.1,0.07,0.05"
 
     # ------------------------------------------------------------------------- the model
     def claims(self, model: str) -> bool:
@@ -96,7 +96,7 @@ class UnmaskingTask(Task):
 
     def next_steps(self, policy_dir: str) -> str:
         return (f"hasten policy eval {policy_dir} --n 256   |   hasten compare --task unmasking --policy {policy_dir} "
-                "--budgets 0.05,0.1,0.2 --plot unmasking.png")
+                "--plot unmasking.png")
 
     def log_samples(self, trainer, iteration: int, n: int = 8) -> None:
         """The greedy head's canvases on a few training problems, as TensorBoard text."""

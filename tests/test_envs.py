@@ -9,10 +9,13 @@ from hasten.envs.denoising import DenoisingVectorEnv
 from hasten.errors import HastenError
 
 
-def test_every_registered_env_passes_check_env(tiny_generator_dir, tiny_reasoner):
+def test_every_registered_env_passes_check_env(tiny_generator_dir, tiny_reasoner, tiny_dllm_dir):
+    import hasten.tasks  # noqa: F401  (registers the plug-in tasks' envs)
+
     ids = [env_id for env_id in gymnasium.registry if env_id.startswith("hasten/")]
-    assert {"hasten/Denoising-v0", "hasten/Reasoning-v0"} <= set(ids)
-    model = {"hasten/Denoising-v0": {"generator": tiny_generator_dir}, "hasten/Reasoning-v0": {"reasoner": tiny_reasoner}}
+    assert {"hasten/Denoising-v0", "hasten/Reasoning-v0", "hasten/Unmasking-v0"} <= set(ids)
+    model = {"hasten/Denoising-v0": {"generator": tiny_generator_dir}, "hasten/Reasoning-v0": {"reasoner": tiny_reasoner},
+             "hasten/Unmasking-v0": {"model": tiny_dllm_dir}}
     for env_id in ids:
         env = gymnasium.make(env_id, disable_env_checker=True, **model[env_id])
         check_env(env.unwrapped, skip_render_check=True)

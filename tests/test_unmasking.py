@@ -150,8 +150,8 @@ def test_two_grpo_iterations_change_every_head_parameter_and_the_loss(tmp_path, 
     before = {k: v.clone() for k, v in trainer.policy.state_dict().items()}
     losses = []
     policy_dir = trainer.train(progress=False, on_iteration=lambda i, m: losses.append(m["losses/policy"]))
-    for name, value in trainer.policy.state_dict().items():
-        assert not torch.equal(before[name], value), f"{name} did not change"
+    unchanged = [k for k, v in trainer.policy.state_dict().items() if torch.equal(before[k], v)]
+    assert all(k.startswith("heads.reuse") for k in unchanged)  # the recipe holds reuse at "refresh"
     assert len(losses) == 2 and losses[0] != losses[1]
     m = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
     assert {"charts/accuracy", "charts/calls", "charts/call_fraction", "rewards/cost/mean", "steps/commit"} <= set(m[-1])

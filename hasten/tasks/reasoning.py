@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
 
 from hasten.envs.reasoning import DEFAULT_REWARDS
 from hasten.errors import HastenError
 from hasten.policies.shipped import resolve_policy_path
-from hasten.tasks.registry import Task, TaskSetup, register_task
+from hasten.tasks.registry import Task, TaskSetup, cycling_pairs, register_task
 
 DENOISING_TERMS = ("discriminator", "fidelity", "cost")
 
@@ -59,10 +58,7 @@ class ReasoningTask(Task):
         from hasten.policies.cot import CoTLengthHead, cot_policy_config
 
         policy = CoTLengthHead(cot_policy_config(config.policy, model, config.budget))
-        rng = np.random.default_rng(config.seed)
-        conditions = np.asarray(model.conditions)
-        pairs = np.stack([conditions[np.arange(config.train_pairs) % len(conditions)],
-                          rng.integers(0, 1_000_000, size=config.train_pairs)], axis=1)
+        pairs = cycling_pairs(model.conditions, config.train_pairs, config.seed)
         return TaskSetup(policy=policy, references=self.references(model, {}), env_options={"budget": config.budget},
                          pairs=pairs, num_steps=model.meta.max_steps)
 

@@ -57,6 +57,13 @@ class TaskSetup:
     extra: dict = field(default_factory=dict)
 
 
+def cycling_pairs(conditions, count: int, seed: int) -> np.ndarray:
+    """(count, 2) int64 training pairs: the conditions in turn, each with a problem seed drawn from ``seed``."""
+    conditions = np.asarray(conditions)
+    seeds = np.random.default_rng(seed).integers(0, 1_000_000, size=count)
+    return np.stack([conditions[np.arange(count) % len(conditions)], seeds], axis=1)
+
+
 class Task(ABC):
     """One process type. Subclasses set the class attributes and implement the abstract methods;
     the others have defaults (a task without peers has no ``compare``, ...)."""

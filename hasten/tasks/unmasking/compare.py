@@ -28,7 +28,7 @@ import torch
 from hasten.io import machine_description
 from hasten.tasks.unmasking import peers
 from hasten.tasks.unmasking.decode import CanvasDecoder
-from hasten.tasks.unmasking.env import KNOBS, THRESHOLDS, commit_mask
+from hasten.tasks.unmasking.env import THRESHOLDS, commit_mask
 from hasten.tasks.unmasking.model import load_dllm
 
 logger = logging.getLogger(__name__)
@@ -279,4 +279,4 @@ def benchmarks_section(result: dict, table: str, plot_path: str | None = None) -
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["KNOBS", "METHODS", "acceptance", "benchmarks_section", "compare_unmasking", "markdown", "plot"]
+__all__ = ["METHODS", "acceptance", "benchmarks_section", "compare_unmasking", "markdown", "plot"]

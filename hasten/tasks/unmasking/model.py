@@ -182,6 +182,8 @@ class DiffusionLM:
         self.hidden_size, self.layers = config.hidden_size, config.num_hidden_layers
         self.heads = config.num_attention_heads
         self.head_dim = config.hidden_size // config.num_attention_heads
+        #: weights of the linear layers (one multiply-add per weight per position), counted once
+        self.linear_weights = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
 
     @property
     def device(self) -> torch.device:
@@ -194,8 +196,7 @@ class DiffusionLM:
     # ------------------------------------------------------------------------- cost
     def token_flops(self, keys: int) -> float:
         """Multiply-add FLOPs (x2) of one query position through the denoiser, attending over ``keys`` positions."""
-        linear = sum(m.weight.numel() for m in self.model.modules() if isinstance(m, torch.nn.Linear))
-        return 2 * linear + self.layers * 2 * 2 * keys * self.hidden_size  # + QK^T and AV
+        return 2 * self.linear_weights + self.layers * 2 * 2 * keys * self.hidden_size  # + QK^T and AV
 
     def call_flops(self, active: int) -> float:
         """FLOPs of one denoiser call that computes ``active`` positions of a row (all: :attr:`length`)."""

@@ -13,11 +13,10 @@ from __future__ import annotations
 import copy
 import os
 
-import numpy as np
 
 from hasten.errors import HastenError
 from hasten.policies.shipped import resolve_policy_path
-from hasten.tasks.registry import Task, TaskSetup, register_task
+from hasten.tasks.registry import Task, TaskSetup, cycling_pairs, register_task
 from hasten.tasks.unmasking.env import DEFAULT_REWARDS, KNOBS
 
 ALLOWED_TERMS = ("correctness", "cost")
@@ -63,10 +62,7 @@ class UnmaskingTask(Task):
 
         base = copy.deepcopy(config.policy)
         policy = UnmaskingHead(unmasking_policy_config(base, model, config.budget))
-        rng = np.random.default_rng(config.seed)
-        conditions = np.asarray(model.conditions)
-        pairs = np.stack([conditions[np.arange(config.train_pairs) % len(conditions)],
-                          rng.integers(0, 1_000_000, size=config.train_pairs)], axis=1)
+        pairs = cycling_pairs(model.conditions, config.train_pairs, config.seed)
         return TaskSetup(policy=policy, references=References(), env_options={"budget": config.budget},
                          pairs=pairs, num_steps=model.canvas)
 
